@@ -1,0 +1,301 @@
+//! `paddock bench`: the numbers the README quotes. In-process scripted model with zero latency,
+//! SQLite on disk with full durability (synchronous=FULL, one fsync per group commit), the real
+//! engine and the real workspace tools. Prints one JSON object (`--output json`) or a table.
+
+use crate::Output;
+use crate::serve::open_engine;
+use anyhow::{Context, Result, bail};
+use paddock_engine::{Engine, EngineConfig};
+use paddock_types::api::{AgentDefinition, CreateRun};
+use paddock_types::{AgentManifest, RunId, RunStatus, Scope};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const BENCH_AGENT: &str = r#"
+name = "bench"
+version = "1.0.0"
+description = "benchmark agent driven by the scripted model"
+[model]
+provider = "scripted"
+name = "bench"
+[limits]
+max_steps = 100000
+timeout = "1h"
+[tools.write_file]
+"#;
+
+const WAIT_AGENT: &str = r#"
+name = "wait"
+version = "1.0.0"
+description = "parks on an approval at its first tool call"
+[model]
+provider = "scripted"
+name = "bench"
+[tools.write_file]
+approval = "always"
+"#;
+
+const PROMPT: &str = "Benchmark.\n```mock\n{{ input.mock | tojson }}\n```\n";
+
+fn tool_turns(n: usize) -> serde_json::Value {
+    json!({"mock": {"turns": [
+        {"tool": "write_file", "args": {"path": "f.txt", "content": "x"}, "repeat": n},
+        {"final": "done"}
+    ]}})
+}
+
+fn agent(manifest: &str) -> Result<AgentDefinition> {
+    Ok(AgentDefinition {
+        manifest: AgentManifest::from_toml(manifest)?,
+        prompt: PROMPT.to_owned(),
+    })
+}
+
+async fn start(
+    engine: &Engine,
+    scope: &Scope,
+    agent: &str,
+    input: serde_json::Value,
+) -> Result<RunId> {
+    Ok(engine
+        .create_run(
+            scope,
+            CreateRun {
+                agent: agent.to_owned(),
+                input,
+                metadata: None,
+            },
+        )
+        .await?
+        .id)
+}
+
+async fn finish(engine: &Engine, scope: &Scope, id: &RunId) -> Result<()> {
+    let run = engine.wait(scope, id, Duration::from_secs(600)).await?;
+    if run.status != RunStatus::Succeeded {
+        bail!("bench run {} ended {}: {:?}", id, run.status, run.error);
+    }
+    Ok(())
+}
+
+pub async fn bench(output: Output, waiting_runs: usize) -> Result<()> {
+    let dir = tempfile::tempdir().context("cannot create a temporary data folder")?;
+    let engine = open_engine(dir.path(), &BTreeMap::new(), EngineConfig::default())?;
+    let scope = Scope::default_workspace();
+    engine.put_agent(&scope, agent(BENCH_AGENT)?).await?;
+    engine.start();
+
+    // Warm up (page cache, statement cache, allocator).
+    let id = start(&engine, &scope, "bench", tool_turns(20)).await?;
+    finish(&engine, &scope, &id).await?;
+
+    eprintln!("single run: 100 tool calls (201 steps)…");
+    let mut single = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let id = start(&engine, &scope, "bench", tool_turns(100)).await?;
+        finish(&engine, &scope, &id).await?;
+        single.push(t.elapsed().as_secs_f64() * 1000.0 / 201.0);
+    }
+    let single_run_ms_per_step = median(&mut single);
+
+    eprintln!("concurrent: 200 runs × 10 tool calls…");
+    let mut rates = Vec::new();
+    let mut per_step = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let mut ids = Vec::with_capacity(200);
+        for _ in 0..200 {
+            ids.push(start(&engine, &scope, "bench", tool_turns(10)).await?);
+        }
+        for id in &ids {
+            finish(&engine, &scope, id).await?;
+        }
+        let secs = t.elapsed().as_secs_f64();
+        rates.push(200.0 / secs);
+        per_step.push(secs * 1000.0 / (200.0 * 21.0));
+    }
+    let concurrent_runs_per_s = median(&mut rates);
+    let concurrent_ms_per_step = median(&mut per_step);
+
+    eprintln!("history flatness: one run of 1,010 tool calls…");
+    let history_flatness_ratio = flatness(&engine, &scope).await?;
+    engine.shutdown();
+
+    eprintln!("waiting runs: {waiting_runs} runs parked on an approval in a `paddock serve`…");
+    let waiting_runs_peak_rss_mb = waiting_rss(waiting_runs).await?;
+
+    let result = json!({
+        "single_run_ms_per_step": round3(single_run_ms_per_step),
+        "concurrent_runs_per_s": round3(concurrent_runs_per_s),
+        "concurrent_ms_per_step": round3(concurrent_ms_per_step),
+        "history_flatness_ratio": round3(history_flatness_ratio),
+        "waiting_runs_peak_rss_mb": round3(waiting_runs_peak_rss_mb),
+    });
+    match output {
+        Output::Json => println!("{result}"),
+        Output::Text => {
+            if let Some(o) = result.as_object() {
+                for (k, v) in o {
+                    println!("{k:<28} {v}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Per-step cost late in a long run divided by the cost early in it, from the commit times of
+/// the run's journal: the time to advance 200 journal events after seq ~30 versus after ~3,000.
+async fn flatness(engine: &Arc<Engine>, scope: &Scope) -> Result<f64> {
+    let mut rx = engine.store().subscribe();
+    let id = start(engine, scope, "bench", tool_turns(1010)).await?;
+    let mut marks: Vec<(Instant, u64)> = Vec::new();
+    loop {
+        match rx.recv().await {
+            Ok(c) if c.run_id == id => {
+                marks.push((Instant::now(), c.last_seq));
+                if c.status.is_terminal() {
+                    break;
+                }
+            }
+            Ok(_) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(e) => bail!("commit notifications stopped: {e}"),
+        }
+    }
+    let last = marks.last().map(|m| m.1).unwrap_or(0);
+    if last < 3300 {
+        bail!("flatness run too short: {last} events");
+    }
+    let window = |from: u64, len: u64| -> Option<f64> {
+        let a = marks.iter().find(|m| m.1 >= from)?;
+        let b = marks.iter().find(|m| m.1 >= a.1 + len)?;
+        Some(b.0.duration_since(a.0).as_secs_f64() / (b.1 - a.1) as f64)
+    };
+    let early = window(30, 200).context("no early window")?;
+    let late = window(3000, 200).context("no late window")?;
+    Ok(late / early)
+}
+
+/// Starts a real `paddock serve`, parks `n` runs on an approval through the API and reads the
+/// server's peak RSS (VmHWM) from /proc.
+async fn waiting_rss(n: usize) -> Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let agents = dir.path().join("agents/wait");
+    std::fs::create_dir_all(&agents)?;
+    std::fs::write(agents.join("agent.toml"), WAIT_AGENT)?;
+    std::fs::write(agents.join("prompt.md"), PROMPT)?;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?.port()
+    };
+    let exe = std::env::current_exe()?;
+    let mut child = tokio::process::Command::new(exe)
+        .arg("serve")
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--agents")
+        .arg(dir.path().join("agents"))
+        .env("PADDOCK_LOG", "warn")
+        .kill_on_drop(true)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .context("cannot start paddock serve")?;
+    let pid = child.id().context("server has no pid")?;
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let mut up = false;
+    for _ in 0..200 {
+        if http.get(format!("{base}/healthz")).send().await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if !up {
+        bail!("paddock serve did not come up");
+    }
+    let input = json!({"mock": {"turns": [
+        {"tool": "write_file", "args": {"path": "a.txt", "content": "x"}},
+        {"final": "done"}
+    ]}});
+    let body = json!({"agent": "wait", "input": input});
+    use futures::StreamExt;
+    let results: Vec<Result<()>> = futures::stream::iter(0..n)
+        .map(|_| {
+            let http = http.clone();
+            let url = format!("{base}/v1/runs");
+            let body = body.clone();
+            async move {
+                let r = http.post(url).json(&body).send().await?;
+                if !r.status().is_success() {
+                    bail!("create run: {}", r.status());
+                }
+                Ok(())
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    for r in results {
+        r?;
+    }
+    // Wait until every run is parked.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let page: serde_json::Value = http
+            .get(format!("{base}/v1/runs"))
+            .query(&[("status", "waiting"), ("limit", "1")])
+            .send()
+            .await?
+            .json()
+            .await?;
+        let queued: serde_json::Value = http
+            .get(format!("{base}/v1/runs"))
+            .query(&[("status", "queued"), ("limit", "1")])
+            .send()
+            .await?
+            .json()
+            .await?;
+        let running: serde_json::Value = http
+            .get(format!("{base}/v1/runs"))
+            .query(&[("status", "running"), ("limit", "1")])
+            .send()
+            .await?
+            .json()
+            .await?;
+        let empty = |v: &serde_json::Value| v["data"].as_array().is_none_or(|a| a.is_empty());
+        if !empty(&page) && empty(&queued) && empty(&running) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("runs did not all park within 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let hwm_kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmHWM in /proc status")?;
+    let _ = child.kill().await;
+    let _ = Path::new(&dir.path());
+    Ok(hwm_kb / 1024.0)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}

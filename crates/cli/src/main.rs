@@ -1,0 +1,191 @@
+//! `paddock`: the one binary. `serve` runs the platform; `run` does a one-off local run;
+//! `runs` talks to a server; `mock-llm` serves a fake model for offline use; `bench` measures.
+//! Data goes to stdout, everything for humans to stderr.
+
+mod bench;
+mod client;
+mod config;
+mod local;
+mod serve;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "paddock",
+    version,
+    about = "Durable, sandboxed, governed agent runs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the API server and the run engine
+    Serve {
+        /// Config file (default: ./paddock.toml if it exists)
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Address to listen on (default 127.0.0.1:8420)
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Data folder (database, workspaces; default ./paddock-data)
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Register every agent folder under this directory at start
+        #[arg(long)]
+        agents: Option<PathBuf>,
+    },
+    /// Run an agent folder once, locally, and print the result
+    Run {
+        /// Agent folder (agent.toml + prompt.md)
+        agent_dir: PathBuf,
+        /// Run input as JSON
+        #[arg(long, default_value = "{}")]
+        input: String,
+        /// Config file for model providers (default: ./paddock.toml if it exists)
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Keep the run's data here instead of a temporary folder
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Approve every tool call that asks for approval without prompting
+        #[arg(long)]
+        auto_approve: bool,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Inspect and act on runs of a running server
+    Runs {
+        /// Server URL
+        #[arg(long, env = "PADDOCK_SERVER", default_value = "http://127.0.0.1:8420")]
+        server: String,
+        #[arg(long, value_enum, default_value_t, global = true)]
+        output: Output,
+        #[command(subcommand)]
+        action: client::RunsAction,
+    },
+    /// Serve a fake model speaking the OpenAI and Anthropic wire formats
+    MockLlm {
+        #[arg(long, default_value = "127.0.0.1:8421")]
+        listen: SocketAddr,
+        /// Delay before each answer
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+    },
+    /// Measure per-step cost, throughput, history flatness and waiting-run memory
+    Bench {
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+        /// Waiting runs for the memory measurement
+        #[arg(long, default_value_t = 10_000)]
+        waiting_runs: usize,
+    },
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PADDOCK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> std::process::ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<std::process::ExitCode> {
+    use std::process::ExitCode;
+    match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            data_dir,
+            agents,
+        } => {
+            init_tracing("info");
+            let o = config::Overrides {
+                listen,
+                data_dir,
+                agents_dir: agents,
+            };
+            serve::serve(config.as_deref(), &o).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run {
+            agent_dir,
+            input,
+            config,
+            data_dir,
+            auto_approve,
+            output,
+        } => {
+            init_tracing("warn");
+            local::run(
+                &agent_dir,
+                &input,
+                config.as_deref(),
+                data_dir,
+                auto_approve,
+                output,
+            )
+            .await
+        }
+        Command::Runs {
+            server,
+            output,
+            action,
+        } => client::runs(&server, action, output).await,
+        Command::MockLlm { listen, latency_ms } => {
+            init_tracing("info");
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            eprintln!("mock-llm listening on http://{}", listener.local_addr()?);
+            paddock_models::mock_server::serve(
+                listener,
+                paddock_models::mock_server::MockOptions { latency_ms },
+            )
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            output,
+            waiting_runs,
+        } => {
+            init_tracing("warn");
+            bench::bench(output, waiting_runs).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! Advancing one leased run: fold its journal, then loop over the harness's next step,
+//! performing effects and journaling their results under the durability rule in the crate doc.
+
+use crate::{Engine, EngineError};
+use paddock_harness::{Agent, RunState, Step, next_step};
+use paddock_models::ModelRequest;
+use paddock_store::{Append, StoreError};
+use paddock_types::time::now_ms;
+use paddock_types::{ErrorCode, Event, EventKind, NewEvent, RunError, RunId, Scope};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Why a worker stopped advancing a run without ending it.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Stop {
+    #[error("run changed under the worker (cancelled or taken over)")]
+    Superseded,
+    #[error("worker stopped: {0}")]
+    Interrupted(&'static str),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Journal writer for one activation: events are applied to the state as they are decided and
+/// buffered until the next durable flush.
+struct Journal<'a> {
+    engine: &'a Engine,
+    scope: &'a Scope,
+    run_id: &'a RunId,
+    state: RunState,
+    buffer: Vec<NewEvent>,
+    /// Last seq known durable.
+    durable_seq: u64,
+}
+
+impl Journal<'_> {
+    fn push(&mut self, kind: EventKind) {
+        let ev = Event {
+            seq: self.state.last_seq + 1,
+            at: now_ms(),
+            kind,
+        };
+        self.state.apply(&ev);
+        self.buffer.push(NewEvent {
+            at: ev.at,
+            kind: ev.kind,
+        });
+    }
+
+    async fn flush(&mut self) -> Result<(), Stop> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let events = std::mem::take(&mut self.buffer);
+        let expected = self.durable_seq;
+        match self
+            .engine
+            .store
+            .append(
+                self.scope,
+                Append {
+                    run_id: self.run_id.clone(),
+                    expected_seq: Some(expected),
+                    events,
+                },
+            )
+            .await
+        {
+            Ok(run) => {
+                self.durable_seq = run.last_seq;
+                Ok(())
+            }
+            Err(StoreError::Conflict { .. } | StoreError::Terminal(_)) => Err(Stop::Superseded),
+            Err(e) => Err(Stop::Store(e)),
+        }
+    }
+}
+
+pub(crate) async fn drive(
+    engine: &Arc<Engine>,
+    scope: &Scope,
+    run_id: &RunId,
+    cancel: &CancellationToken,
+) -> Result<(), Stop> {
+    let events = engine.store.events(scope, run_id, 0, u32::MAX).await?;
+    let state = RunState::from_events(&events);
+    drop(events);
+    if state.terminal {
+        return Ok(());
+    }
+    let recovered = state.active;
+    let mut j = Journal {
+        engine,
+        scope,
+        run_id,
+        durable_seq: state.last_seq,
+        state,
+        buffer: Vec::new(),
+    };
+    let agent = match engine
+        .agent(scope, &j.state.agent, &j.state.agent_version)
+        .await
+    {
+        Ok(a) => a,
+        Err(e) => {
+            let error = RunError::new(
+                ErrorCode::AgentError,
+                format!(
+                    "agent {} {} cannot run: {e}",
+                    j.state.agent, j.state.agent_version
+                ),
+            );
+            j.push(EventKind::RunFailed { error });
+            return j.flush().await;
+        }
+    };
+    let timeout = agent.manifest().limits.timeout;
+    let used = Duration::from_millis(j.state.active_ms().max(0) as u64);
+    let deadline = Instant::now() + timeout.saturating_sub(used);
+    if recovered {
+        tracing::info!(run_id = %run_id, "recovering run left by a stopped worker");
+    }
+    j.push(EventKind::RunStarted {
+        worker: engine.worker.clone(),
+        recovered,
+    });
+    loop {
+        if cancel.is_cancelled() {
+            return Err(Stop::Interrupted("cancelled"));
+        }
+        if Instant::now() >= deadline {
+            j.push(timed_out(timeout));
+            return j.flush().await;
+        }
+        match next_step(&j.state, &agent) {
+            Step::Done => return j.flush().await,
+            Step::Park => return j.flush().await,
+            Step::Record(kinds) => {
+                for k in kinds {
+                    j.push(k);
+                }
+            }
+            Step::CallModel {
+                call_index,
+                reissue,
+            } => {
+                j.push(EventKind::ModelRequested {
+                    call_index,
+                    provider: agent.manifest().model.provider.clone(),
+                    model: agent.manifest().model.name.clone(),
+                    reissue,
+                });
+                j.flush().await?;
+                call_model(
+                    engine, &mut j, &agent, call_index, cancel, deadline, timeout,
+                )
+                .await?;
+            }
+            Step::RunTool {
+                call,
+                idempotent,
+                rerun,
+            } => {
+                j.push(EventKind::ToolCallStarted {
+                    call_id: call.id.clone(),
+                    tool: call.name.clone(),
+                    idempotent,
+                    rerun,
+                });
+                if !idempotent {
+                    j.flush().await?;
+                }
+                tracing::debug!(run_id = %run_id, call_id = %call.id, tool = %call.name, "tool executing");
+                let started = Instant::now();
+                let exec = engine.tools.execute(run_id, &call);
+                let out = match tokio::time::timeout_at(deadline.into(), exec).await {
+                    Ok(out) => out,
+                    Err(_) => {
+                        j.push(timed_out(timeout));
+                        return j.flush().await;
+                    }
+                };
+                j.push(EventKind::ToolCallCompleted {
+                    call_id: call.id,
+                    tool: call.name,
+                    output: out.content,
+                    is_error: out.is_error,
+                    duration_ms: started.elapsed().as_millis() as u64,
+                });
+            }
+        }
+    }
+}
+
+async fn call_model(
+    engine: &Engine,
+    j: &mut Journal<'_>,
+    agent: &Agent,
+    call_index: u32,
+    cancel: &CancellationToken,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<(), Stop> {
+    let m = &agent.manifest().model;
+    let run_id = j.run_id.to_string();
+    let req = ModelRequest {
+        model: &m.name,
+        messages: &j.state.messages,
+        tools: agent.tool_specs(),
+        temperature: m.temperature,
+        top_p: m.top_p,
+        max_output_tokens: m.max_output_tokens,
+        run_id: &run_id,
+        call_index,
+    };
+    let call = engine.models.call(&m.provider, &req, cancel);
+    let outcome = tokio::time::timeout_at(deadline.into(), call).await;
+    if cancel.is_cancelled() {
+        return Err(Stop::Interrupted("cancelled"));
+    }
+    match outcome {
+        Err(_) => j.push(timed_out(timeout)),
+        Ok(Ok(o)) => j.push(EventKind::ModelResponded {
+            call_index,
+            response: o.response,
+            cost_usd: o.cost_usd,
+            retries: o.retries,
+            latency_ms: o.latency_ms,
+        }),
+        Ok(Err(e)) => {
+            j.push(EventKind::RunFailed {
+                error: RunError::new(
+                    ErrorCode::ModelError,
+                    format!(
+                        "model call failed after {} retries: {}",
+                        e.retries, e.message
+                    ),
+                ),
+            });
+            return j.flush().await;
+        }
+    }
+    if j.state.terminal {
+        return j.flush().await;
+    }
+    Ok(())
+}
+
+fn timed_out(timeout: Duration) -> EventKind {
+    EventKind::RunTimedOut {
+        error: RunError::new(
+            ErrorCode::LimitExceeded,
+            format!("timeout limit ({}) exceeded", humantime_secs(timeout)),
+        ),
+    }
+}
+
+fn humantime_secs(d: Duration) -> String {
+    format!("{}s", d.as_secs_f64())
+}
+
+impl From<Stop> for EngineError {
+    fn from(s: Stop) -> Self {
+        match s {
+            Stop::Store(e) => e.into(),
+            other => EngineError::Conflict(other.to_string()),
+        }
+    }
+}

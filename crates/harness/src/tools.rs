@@ -1,0 +1,279 @@
+//! Tools: the built-in tool catalogue (names, descriptions, argument schemas, idempotency) and the
+//! [`ToolExecutor`] seam through which the engine runs a call.
+//!
+//! [`WorkspaceTools`] runs the file tools over a per-run folder on the host. It confines paths to
+//! that folder lexically (no absolute paths, no `..`), but it is not a sandbox: the sandboxed
+//! executor implements the same trait.
+
+use async_trait::async_trait;
+use paddock_types::{RunId, ToolCall, ToolSpec};
+use serde_json::{Value, json};
+use std::path::{Component, Path, PathBuf};
+
+/// What a tool call produced, as the model will see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolOutput {
+    pub content: String,
+    /// The call failed; the model sees the content as an error and may try something else.
+    pub is_error: bool,
+}
+
+impl ToolOutput {
+    pub fn ok(content: impl Into<String>) -> Self {
+        Self {
+            content: content.into(),
+            is_error: false,
+        }
+    }
+
+    pub fn error(content: impl Into<String>) -> Self {
+        Self {
+            content: content.into(),
+            is_error: true,
+        }
+    }
+}
+
+/// Runs tool calls for runs. A failure of the tool is an error *output* (the model is told), never
+/// a panic or a lost call.
+#[async_trait]
+pub trait ToolExecutor: Send + Sync + 'static {
+    async fn execute(&self, run_id: &RunId, call: &ToolCall) -> ToolOutput;
+}
+
+struct Builtin {
+    name: &'static str,
+    description: &'static str,
+    /// Safe to run again after a crash left its outcome unknown.
+    idempotent: bool,
+    parameters: fn() -> Value,
+}
+
+const BUILTINS: &[Builtin] = &[
+    Builtin {
+        name: "read_file",
+        description: "Read a UTF-8 text file of the workspace.",
+        idempotent: true,
+        parameters: || {
+            json!({"type": "object", "additionalProperties": false, "required": ["path"],
+                   "properties": {"path": {"type": "string", "description": "path relative to the workspace"}}})
+        },
+    },
+    Builtin {
+        name: "write_file",
+        description: "Create or replace a text file of the workspace.",
+        // Writing the same content to the same path twice leaves the same result.
+        idempotent: true,
+        parameters: || {
+            json!({"type": "object", "additionalProperties": false, "required": ["path", "content"],
+                   "properties": {"path": {"type": "string", "description": "path relative to the workspace"},
+                                  "content": {"type": "string"}}})
+        },
+    },
+    Builtin {
+        name: "list_files",
+        description: "List the files of a workspace folder (default: the workspace root).",
+        idempotent: true,
+        parameters: || {
+            json!({"type": "object", "additionalProperties": false,
+                   "properties": {"path": {"type": "string", "description": "folder relative to the workspace"}}})
+        },
+    },
+];
+
+/// The spec of a built-in tool, or `None` if there is no such tool.
+pub fn builtin_spec(name: &str) -> Option<ToolSpec> {
+    BUILTINS.iter().find(|b| b.name == name).map(|b| ToolSpec {
+        name: b.name.to_owned(),
+        description: b.description.to_owned(),
+        parameters: (b.parameters)(),
+    })
+}
+
+pub fn builtin_names() -> Vec<&'static str> {
+    BUILTINS.iter().map(|b| b.name).collect()
+}
+
+/// A tool's own idempotency declaration (unknown tools are not idempotent: never re-run blindly).
+pub fn builtin_idempotent(name: &str) -> bool {
+    BUILTINS.iter().any(|b| b.name == name && b.idempotent)
+}
+
+/// Largest file `read_file` returns whole; the rest is cut with a note.
+pub const MAX_READ: usize = 64 * 1024;
+/// Largest content `write_file` accepts.
+pub const MAX_WRITE: usize = 1024 * 1024;
+/// Most entries `list_files` returns.
+pub const MAX_LIST: usize = 1000;
+
+/// The file tools over `<root>/<run_id>/`.
+#[derive(Debug, Clone)]
+pub struct WorkspaceTools {
+    root: PathBuf,
+}
+
+impl WorkspaceTools {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The workspace folder of a run.
+    pub fn workspace(&self, run_id: &RunId) -> PathBuf {
+        self.root.join(run_id.as_str())
+    }
+
+    fn run(&self, run_id: &RunId, call: &ToolCall) -> Result<String, String> {
+        let ws = self.workspace(run_id);
+        std::fs::create_dir_all(&ws).map_err(|e| format!("cannot create the workspace: {e}"))?;
+        let args = &call.arguments;
+        match call.name.as_str() {
+            "read_file" => {
+                let path = resolve(&ws, str_arg(args, "path")?)?;
+                let bytes = std::fs::read(&path).map_err(|e| io_error("read", e))?;
+                let mut text = String::from_utf8_lossy(&bytes).into_owned();
+                if text.len() > MAX_READ {
+                    let mut cut = MAX_READ;
+                    while !text.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    text.truncate(cut);
+                    text.push_str(&format!("\n[truncated: file is {} bytes]", bytes.len()));
+                }
+                Ok(text)
+            }
+            "write_file" => {
+                let rel = str_arg(args, "path")?;
+                let content = str_arg(args, "content")?;
+                if content.len() > MAX_WRITE {
+                    return Err(format!("content is larger than {MAX_WRITE} bytes"));
+                }
+                let path = resolve(&ws, rel)?;
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| io_error("create folder", e))?;
+                }
+                std::fs::write(&path, content).map_err(|e| io_error("write", e))?;
+                Ok(format!("wrote {} bytes to {rel}", content.len()))
+            }
+            "list_files" => {
+                let rel = match args.get("path") {
+                    None | Some(Value::Null) => ".",
+                    Some(_) => str_arg(args, "path")?,
+                };
+                let dir = resolve(&ws, rel)?;
+                let mut names: Vec<String> = std::fs::read_dir(&dir)
+                    .map_err(|e| io_error("list", e))?
+                    .flatten()
+                    .map(|e| {
+                        let mut n = e.file_name().to_string_lossy().into_owned();
+                        if e.file_type().is_ok_and(|t| t.is_dir()) {
+                            n.push('/');
+                        }
+                        n
+                    })
+                    .collect();
+                names.sort();
+                let total = names.len();
+                names.truncate(MAX_LIST);
+                let mut out = names.join("\n");
+                if total > MAX_LIST {
+                    out.push_str(&format!("\n[{} more not shown]", total - MAX_LIST));
+                }
+                Ok(out)
+            }
+            other => Err(format!("unknown tool {other}")),
+        }
+    }
+}
+
+#[async_trait]
+impl ToolExecutor for WorkspaceTools {
+    async fn execute(&self, run_id: &RunId, call: &ToolCall) -> ToolOutput {
+        // Small local file operations: running them inline costs less than a thread hop, and the
+        // sizes are capped above.
+        match self.run(run_id, call) {
+            Ok(out) => ToolOutput::ok(out),
+            Err(e) => ToolOutput::error(e),
+        }
+    }
+}
+
+fn str_arg<'a>(args: &'a Value, name: &str) -> Result<&'a str, String> {
+    match args.get(name) {
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err(format!("argument {name} must be a string")),
+        None => Err(format!("missing argument {name}")),
+    }
+}
+
+fn io_error(what: &str, e: std::io::Error) -> String {
+    format!("cannot {what}: {e}")
+}
+
+/// Joins a model-given relative path to the workspace, refusing anything that could leave it.
+fn resolve(ws: &Path, rel: &str) -> Result<PathBuf, String> {
+    if rel.is_empty() || rel.len() > 4096 || rel.contains('\0') {
+        return Err("invalid path".to_owned());
+    }
+    let mut out = ws.to_path_buf();
+    for c in Path::new(rel).components() {
+        match c {
+            Component::Normal(part) => out.push(part),
+            Component::CurDir => {}
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
+                return Err(format!(
+                    "path {rel:?} leaves the workspace; use a path relative to it without '..'"
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    fn call(name: &str, args: Value) -> ToolCall {
+        ToolCall {
+            id: "c".into(),
+            name: name.into(),
+            arguments: args,
+        }
+    }
+
+    #[tokio::test]
+    async fn file_tools_work_inside_the_workspace_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let tools = WorkspaceTools::new(dir.path());
+        let run = RunId::new();
+        let w = tools
+            .execute(
+                &run,
+                &call("write_file", json!({"path": "a/b.txt", "content": "hi"})),
+            )
+            .await;
+        assert!(!w.is_error, "{w:?}");
+        let r = tools
+            .execute(&run, &call("read_file", json!({"path": "a/b.txt"})))
+            .await;
+        assert_eq!(r, ToolOutput::ok("hi"));
+        let l = tools.execute(&run, &call("list_files", json!({}))).await;
+        assert_eq!(l, ToolOutput::ok("a/"));
+        for bad in ["../x", "/etc/passwd", "a/../../x", ""] {
+            let r = tools
+                .execute(&run, &call("read_file", json!({"path": bad})))
+                .await;
+            assert!(r.is_error, "{bad}: {r:?}");
+        }
+        let other = RunId::new();
+        let r = tools
+            .execute(&other, &call("read_file", json!({"path": "a/b.txt"})))
+            .await;
+        assert!(r.is_error, "another run's workspace is separate");
+        let r = tools
+            .execute(&run, &call("write_file", json!({"path": 1})))
+            .await;
+        assert!(r.is_error && r.content.contains("path"), "{r:?}");
+    }
+}

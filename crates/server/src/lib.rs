@@ -1,0 +1,324 @@
+//! Paddock's HTTP API. [`router`] builds the axum router from an [`AppState`]; serving it is the
+//! binary's job, so tests drive the same router in-process. Handlers translate HTTP to engine
+//! calls and back; they hold no business logic.
+
+mod error;
+mod events;
+mod extract;
+mod openapi;
+
+pub use error::ApiError;
+
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use extract::{ApiJson, ApiQuery, TenantScope};
+use paddock_engine::Engine;
+use paddock_store::RunFilter;
+use paddock_types::api::{AgentDefinition, ApprovalStatus, CreateRun, DecideApproval};
+use paddock_types::manifest::validate_agent_name;
+use paddock_types::{ApprovalId, RunId, RunStatus};
+use serde::Deserialize;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Largest accepted request body.
+pub const BODY_LIMIT: usize = 1024 * 1024;
+/// Longest `?wait=` a request may block.
+pub const MAX_WAIT_SECS: u64 = 60;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Arc<Engine>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/docs", get(docs))
+        .route("/v1/openapi.json", get(openapi_json))
+        .route("/v1/runs", post(create_run).get(list_runs))
+        .route("/v1/runs/{id}", get(get_run))
+        .route("/v1/runs/{id}/cancel", post(cancel_run))
+        .route("/v1/runs/{id}/events", get(events::run_events))
+        .route(
+            "/v1/runs/{id}/approvals/{approval_id}",
+            get(get_approval).post(decide_approval),
+        )
+        .route("/v1/approvals", get(list_approvals))
+        .route("/v1/agents", get(list_agents))
+        .route("/v1/agents/{name}", get(get_agent).put(put_agent))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not support that method",
+    )
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn openapi_json() -> Json<serde_json::Value> {
+    Json(openapi::document())
+}
+
+async fn docs() -> Html<&'static str> {
+    Html(openapi::DOCS_HTML)
+}
+
+/// A path id that cannot be valid names nothing: answer as for a missing resource.
+pub(crate) fn parse_run_id(s: &str) -> Result<RunId, ApiError> {
+    RunId::parse(s).map_err(|_| ApiError::not_found("run"))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WaitQuery {
+    wait: Option<u64>,
+}
+
+fn wait_duration(q: &WaitQuery) -> Option<Duration> {
+    q.wait
+        .filter(|w| *w > 0)
+        .map(|w| Duration::from_secs(w.min(MAX_WAIT_SECS)))
+}
+
+async fn create_run(
+    State(st): State<AppState>,
+    TenantScope(scope): TenantScope,
+    ApiQuery(q): ApiQuery<WaitQuery>,
+    ApiJson(req): ApiJson<CreateRun>,
+) -> Result<Response, ApiError> {
+    let mut run = st.engine.create_run(&scope, req).await?;
+    if let Some(wait) = wait_duration(&q) {
+        run = st.engine.wait(&scope, &run.id, wait).await?;
+    }
+    let location = format!("/v1/runs/{}", run.id);
+    Ok((
+        StatusCode::CREATED,
+        [(axum::http::header::LOCATION, location)],
+        Json(run),
+    )
+        .into_response())
+}
+
+async fn get_run(
+    State(st): State<AppState>,
+    TenantScope(scope): TenantScope,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<WaitQuery>,
+) -> Result<Response, ApiError> {
+    let id = parse_run_id(&id)?;
+    let run = match wait_duration(&q) {
+        Some(wait) => st.engine.wait(&scope, &id, wait).await?,
+        None => st
+            .engine
+            .store()
+            .get_run(&scope, &id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("run"))?,
+    };
+    Ok(Json(run).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListRunsQuery {
+    agent: Option<String>,
+    status: Option<String>,
+    cursor: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn list_runs(
+    State(st): State<AppState>,
+    TenantScope(scope): TenantScope,
+    ApiQuery(q): ApiQuery<ListRunsQuery>,
+) -> Result<Response, ApiError> {
+    let status = match q.status.as_deref() {
+        None => None,
+        Some(s) => Some(RunStatus::parse(s).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_query",
+                format!(
+                    "unknown status {s:?}; use one of queued, running, waiting, succeeded, failed, cancelled, timed_out"
+                ),
+            )
+        })?),
+    };
+    let filter = RunFilter {
+        agent: q.agent,
+        status,
+    };
+    let page = st
+        .engine
+        .store()
+        .list_runs(&scope, &filter, q.cursor.as_deref(), q.limit.unwrap_or(50))
+        .await?;
+    Ok(Json(page).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CancelBody {
+    reason: Option<String>,
+}
+
+async fn cancel_run(
+    State(st): State<AppState>,
+    TenantScope(scope): TenantScope,
+    Path(id): Path<String>,
+    body: Option<ApiJson<CancelBody>>,
+) -> Result<Response, ApiError> {
+    let id = parse_run_id(&id)?;
+    let reason = body.and_then(|b| b.0.reason);
+    let run = st.engine.cancel(&scope, &id, reason).await?;
+    Ok(Json(run).into_response())
+}
+
+async fn get_approval(
+    State(st): State<AppState>,
+    TenantScope(scope): TenantScope,
+    Path((id, approval_id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let id = parse_run_id(&id)?;
+    let approval_id =
+        ApprovalId::parse(&approval_id).map_err(|_| ApiError::not_found("approval"))?;
+    let approval = st
+        .engine
+        .store()
+        .get_approval(&scope, &id, &approval_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("approval"))?;
+    Ok(Json(approval).into_response())
+}
+
+async fn decide_approval(
+    State(st): State<AppState>,
+    TenantScope(scope): TenantScope,
+    Path((id, approval_id)): Path<(String, String)>,
+    ApiJson(body): ApiJson<DecideApproval>,
+) -> Result<Response, ApiError> {
+    let id = parse_run_id(&id)?;
+    let approval_id =
+        ApprovalId::parse(&approval_id).map_err(|_| ApiError::not_found("approval"))?;
+    if body.comment.as_ref().is_some_and(|c| c.len() > 4096) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "comment is longer than 4096 bytes",
+        ));
+    }
+    let run = st
+        .engine
+        .decide(&scope, &id, &approval_id, body.decision, body.comment)
+        .await?;
+    Ok(Json(run).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListApprovalsQuery {
+    status: Option<String>,
+    cursor: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn list_approvals(
+    State(st): State<AppState>,
+    TenantScope(scope): TenantScope,
+    ApiQuery(q): ApiQuery<ListApprovalsQuery>,
+) -> Result<Response, ApiError> {
+    let status = match q.status.as_deref() {
+        None => None,
+        Some(s) => Some(ApprovalStatus::parse(s).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_query",
+                format!("unknown approval status {s:?}; use pending, approved or denied"),
+            )
+        })?),
+    };
+    let page = st
+        .engine
+        .store()
+        .list_approvals(&scope, status, q.cursor.as_deref(), q.limit.unwrap_or(50))
+        .await?;
+    Ok(Json(page).into_response())
+}
+
+async fn list_agents(
+    State(st): State<AppState>,
+    TenantScope(scope): TenantScope,
+) -> Result<Response, ApiError> {
+    let agents: Vec<AgentDefinition> = st
+        .engine
+        .store()
+        .list_agents(&scope)
+        .await?
+        .into_iter()
+        .map(|r| r.definition)
+        .collect();
+    Ok(Json(serde_json::json!({ "data": agents })).into_response())
+}
+
+async fn get_agent(
+    State(st): State<AppState>,
+    TenantScope(scope): TenantScope,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let record = st
+        .engine
+        .store()
+        .get_agent(&scope, &name, None)
+        .await?
+        .ok_or_else(|| ApiError::not_found("agent"))?;
+    Ok(Json(record.definition).into_response())
+}
+
+async fn put_agent(
+    State(st): State<AppState>,
+    TenantScope(scope): TenantScope,
+    Path(name): Path<String>,
+    ApiJson(def): ApiJson<AgentDefinition>,
+) -> Result<Response, ApiError> {
+    validate_agent_name(&name).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            e.to_string(),
+        )
+    })?;
+    if def.manifest.name != name {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            format!(
+                "manifest.name {:?} does not match the agent name {name:?} in the path",
+                def.manifest.name
+            ),
+        ));
+    }
+    def.manifest.validate().map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "agent_invalid",
+            format!("manifest.{e}"),
+        )
+    })?;
+    let record = st.engine.put_agent(&scope, def).await?;
+    Ok((StatusCode::OK, Json(record.definition)).into_response())
+}

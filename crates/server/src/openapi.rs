@@ -1,0 +1,162 @@
+//! The OpenAPI 3.1 document served at `/v1/openapi.json`, and an offline docs page that renders
+//! it (no CDN: the page is plain HTML and a few lines of script).
+
+use serde_json::{Value, json};
+
+fn problem_responses(codes: &[u16]) -> Value {
+    let mut m = serde_json::Map::new();
+    for c in codes {
+        m.insert(
+            c.to_string(),
+            json!({"description": "error", "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}),
+        );
+    }
+    Value::Object(m)
+}
+
+fn with_errors(mut ok: Value, codes: &[u16]) -> Value {
+    if let (Some(o), Value::Object(errs)) = (ok.as_object_mut(), problem_responses(codes)) {
+        o.extend(errs);
+    }
+    ok
+}
+
+fn json_ok(status: &str, description: &str, schema: Value) -> Value {
+    json!({ status: {"description": description, "content": {"application/json": {"schema": schema}}}})
+}
+
+fn r(name: &str) -> Value {
+    json!({"$ref": format!("#/components/schemas/{name}")})
+}
+
+fn page_of(name: &str) -> Value {
+    json!({"type": "object", "required": ["data"], "properties": {
+        "data": {"type": "array", "items": r(name)},
+        "next_cursor": {"type": "string", "description": "pass back as ?cursor= for the next page"}}})
+}
+
+fn param(name: &str, location: &str, description: &str, schema: Value) -> Value {
+    json!({"name": name, "in": location, "required": location == "path", "description": description, "schema": schema})
+}
+
+pub fn document() -> Value {
+    let run_id = param("id", "path", "run id (`run_…`)", json!({"type": "string"}));
+    let wait = param(
+        "wait",
+        "query",
+        "block up to this many seconds (max 60) until the run is terminal",
+        json!({"type": "integer", "minimum": 0}),
+    );
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "Paddock API", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "Durable, governed agent runs. Errors are RFC 9457 problem+json with a stable `code`."},
+        "paths": {
+            "/healthz": {"get": {"summary": "Liveness", "responses": json_ok("200", "ok", json!({"type": "object"}))}},
+            "/v1/runs": {
+                "post": {"summary": "Start a run", "parameters": [wait],
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": r("CreateRun")}}},
+                    "responses": with_errors(json_ok("201", "the run", r("Run")), &[400, 404, 413, 415, 422])},
+                "get": {"summary": "List runs (newest first)", "parameters": [
+                    param("agent", "query", "only runs of this agent", json!({"type": "string"})),
+                    param("status", "query", "only runs in this status", r("RunStatus")),
+                    param("cursor", "query", "from a previous page's next_cursor", json!({"type": "string"})),
+                    param("limit", "query", "page size (1-200, default 50)", json!({"type": "integer"}))],
+                    "responses": with_errors(json_ok("200", "a page of runs", page_of("Run")), &[400])}
+            },
+            "/v1/runs/{id}": {"get": {"summary": "Get a run", "parameters": [run_id, wait],
+                "responses": with_errors(json_ok("200", "the run", r("Run")), &[400, 404])}},
+            "/v1/runs/{id}/cancel": {"post": {"summary": "Cancel a run in any non-terminal state", "parameters": [run_id],
+                "requestBody": {"required": false, "content": {"application/json": {"schema": {"type": "object", "properties": {"reason": {"type": "string"}}}}}},
+                "responses": with_errors(json_ok("200", "the cancelled run", r("Run")), &[404, 409])}},
+            "/v1/runs/{id}/events": {"get": {"summary": "The run's journal: SSE (event id = seq; send Last-Event-ID to resume) or a JSON page with Accept: application/json or ?after=",
+                "parameters": [run_id,
+                    param("after", "query", "only events with a larger seq", json!({"type": "integer"})),
+                    param("limit", "query", "JSON page size (1-1000, default 500)", json!({"type": "integer"})),
+                    param("Last-Event-ID", "header", "resume the SSE stream after this seq", json!({"type": "integer"}))],
+                "responses": with_errors(json!({"200": {"description": "events", "content": {
+                    "text/event-stream": {"schema": {"type": "string"}},
+                    "application/json": {"schema": page_of("Event")}}}}), &[400, 404])}},
+            "/v1/runs/{id}/approvals/{approval_id}": {
+                "get": {"summary": "Get an approval", "parameters": [run_id, param("approval_id", "path", "approval id (`apr_…`)", json!({"type": "string"}))],
+                    "responses": with_errors(json_ok("200", "the approval", r("Approval")), &[404])},
+                "post": {"summary": "Approve or deny a pending tool call", "parameters": [run_id, param("approval_id", "path", "approval id (`apr_…`)", json!({"type": "string"}))],
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": r("DecideApproval")}}},
+                    "responses": with_errors(json_ok("200", "the run, queued again", r("Run")), &[400, 404, 409, 422])}},
+            "/v1/approvals": {"get": {"summary": "List approvals (oldest first)", "parameters": [
+                    param("status", "query", "pending, approved or denied", json!({"type": "string", "enum": ["pending", "approved", "denied"]})),
+                    param("cursor", "query", "from a previous page", json!({"type": "string"})),
+                    param("limit", "query", "page size (1-200)", json!({"type": "integer"}))],
+                "responses": with_errors(json_ok("200", "a page of approvals", page_of("Approval")), &[400])}},
+            "/v1/agents": {"get": {"summary": "List agents (latest version of each)",
+                "responses": json_ok("200", "agents", json!({"type": "object", "properties": {"data": {"type": "array", "items": r("AgentDefinition")}}}))}},
+            "/v1/agents/{name}": {
+                "get": {"summary": "Get an agent's latest version", "parameters": [param("name", "path", "agent name", json!({"type": "string"}))],
+                    "responses": with_errors(json_ok("200", "the agent", r("AgentDefinition")), &[404])},
+                "put": {"summary": "Register an agent version (versions are immutable: change content → bump version)",
+                    "parameters": [param("name", "path", "agent name", json!({"type": "string"}))],
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": r("AgentDefinition")}}},
+                    "responses": with_errors(json_ok("200", "the registered agent", r("AgentDefinition")), &[400, 409, 413, 422])}}
+        },
+        "components": {"schemas": {
+            "Problem": {"type": "object", "required": ["type", "title", "status", "code", "detail"], "properties": {
+                "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
+                "code": {"type": "string", "description": "stable machine-readable error code"}, "detail": {"type": "string"}}},
+            "RunStatus": {"type": "string", "enum": ["queued", "running", "waiting", "succeeded", "failed", "cancelled", "timed_out"]},
+            "ErrorCode": {"type": "string", "enum": ["model_error", "tool_error", "policy_denied", "budget_exceeded", "limit_exceeded",
+                "output_invalid", "tool_outcome_unknown", "sandbox_error", "agent_error", "cancelled", "internal"]},
+            "CreateRun": {"type": "object", "required": ["agent"], "additionalProperties": false, "properties": {
+                "agent": {"type": "string"}, "input": {"description": "checked against the agent's input schema"},
+                "metadata": {"type": "object"}}},
+            "Run": {"type": "object", "required": ["id", "agent", "agent_version", "status", "input", "usage", "last_seq", "created_at", "updated_at"], "properties": {
+                "id": {"type": "string"}, "agent": {"type": "string"}, "agent_version": {"type": "string"},
+                "status": r("RunStatus"), "input": {}, "output": {}, "metadata": {"type": "object"},
+                "error": {"type": "object", "properties": {"code": r("ErrorCode"), "message": {"type": "string"}}},
+                "usage": {"type": "object", "properties": {"input_tokens": {"type": "integer"}, "output_tokens": {"type": "integer"},
+                    "cost_usd": {"type": "number"}, "model_calls": {"type": "integer"}, "model_retries": {"type": "integer"}, "tool_calls": {"type": "integer"}}},
+                "last_seq": {"type": "integer"}, "created_at": {"type": "string", "format": "date-time"}, "updated_at": {"type": "string", "format": "date-time"}}},
+            "Event": {"type": "object", "required": ["seq", "at", "type"], "properties": {
+                "seq": {"type": "integer"}, "at": {"type": "string", "format": "date-time"},
+                "type": {"type": "string", "enum": ["run_created", "run_started", "model_requested", "model_responded", "policy_decided",
+                    "approval_requested", "approval_decided", "tool_call_started", "tool_call_completed", "output_validated",
+                    "run_waiting", "run_succeeded", "run_failed", "run_timed_out", "run_cancelled"]}},
+                "additionalProperties": true},
+            "Approval": {"type": "object", "properties": {"id": {"type": "string"}, "run_id": {"type": "string"}, "agent": {"type": "string"},
+                "call": {"type": "object", "properties": {"id": {"type": "string"}, "name": {"type": "string"}, "arguments": {}}},
+                "status": {"type": "string", "enum": ["pending", "approved", "denied"]}, "comment": {"type": "string"},
+                "created_at": {"type": "string", "format": "date-time"}, "decided_at": {"type": "string", "format": "date-time"}}},
+            "DecideApproval": {"type": "object", "required": ["decision"], "additionalProperties": false, "properties": {
+                "decision": {"type": "string", "enum": ["approve", "deny"]}, "comment": {"type": "string", "maxLength": 4096}}},
+            "AgentDefinition": {"type": "object", "required": ["manifest", "prompt"], "properties": {
+                "manifest": {"type": "object", "description": "agent.toml as JSON: name, version, description, model, limits, tools, input_schema, output_schema"},
+                "prompt": {"type": "string", "description": "minijinja template rendered with `input` into the system prompt"}}}
+        }}
+    })
+}
+
+pub const DOCS_HTML: &str = r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Paddock API</title>
+<style>body{font:15px/1.5 system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}
+code,pre{background:#f4f4f4;padding:.1rem .3rem;border-radius:3px}h2{margin-top:2rem;border-bottom:1px solid #ddd}
+.m{display:inline-block;min-width:4rem;font-weight:bold}.get{color:#07a}.post{color:#290}.put{color:#a60}
+pre{padding:.6rem;overflow:auto;font-size:13px}</style></head>
+<body><h1>Paddock API</h1><p>The machine-readable document is at <a href="/v1/openapi.json">/v1/openapi.json</a>.</p>
+<div id="paths">loading…</div>
+<script>
+fetch('/v1/openapi.json').then(r=>r.json()).then(doc=>{
+  const out=document.getElementById('paths');out.textContent='';
+  const esc=s=>String(s).replace(/[&<>]/g,c=>({'&':'&amp;','<':'&lt;','>':'&gt;'}[c]));
+  for(const [path,ops] of Object.entries(doc.paths)){
+    for(const [method,op] of Object.entries(ops)){
+      const d=document.createElement('div');
+      const params=(op.parameters||[]).map(p=>`<li><code>${esc(p.name)}</code> (${esc(p.in)}) ${esc(p.description||'')}</li>`).join('');
+      d.innerHTML=`<h2><span class="m ${method}">${method.toUpperCase()}</span> <code>${esc(path)}</code></h2><p>${esc(op.summary||'')}</p>`+
+        (params?`<ul>${params}</ul>`:'')+`<p>Responses: ${Object.keys(op.responses).map(esc).join(', ')}</p>`;
+      out.appendChild(d);
+    }
+  }
+  const s=document.createElement('div');s.innerHTML='<h2>Schemas</h2><pre>'+esc(JSON.stringify(doc.components.schemas,null,2))+'</pre>';
+  out.appendChild(s);
+});
+</script></body></html>
+"#;

@@ -1,0 +1,126 @@
+mod api;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
+use paddock_engine::{Engine, EngineConfig};
+use paddock_harness::WorkspaceTools;
+use paddock_models::Models;
+use paddock_server::{AppState, router};
+use paddock_store::SqliteStore;
+use paddock_types::api::AgentDefinition;
+use paddock_types::{AgentManifest, Scope};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tower::ServiceExt;
+
+/// Status, content type and JSON body of an answer.
+pub type Answer = (StatusCode, Option<String>, Value);
+
+pub struct TestApp {
+    pub app: Router,
+    _dir: tempfile::TempDir,
+}
+
+pub const AGENT: &str = r#"
+name = "notes"
+version = "1.0.0"
+description = "test agent"
+[model]
+provider = "scripted"
+name = "scripted-model"
+[limits]
+max_steps = 50
+[tools.write_file]
+[tools.read_file]
+[tools.list_files]
+[input_schema]
+type = "object"
+required = ["mock"]
+"#;
+
+pub const GATED: &str = r#"
+name = "gated"
+version = "1.0.0"
+[model]
+provider = "scripted"
+name = "scripted-model"
+[tools.write_file]
+approval = "always"
+"#;
+
+pub const PROMPT: &str = "Test.\n```mock\n{{ input.mock | tojson }}\n```\n";
+
+impl TestApp {
+    pub async fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let models = Models::new(&BTreeMap::new()).unwrap();
+        let tools = WorkspaceTools::new(dir.path().join("workspaces"));
+        let engine = Engine::new(
+            store,
+            Arc::new(models),
+            Arc::new(tools),
+            EngineConfig::default(),
+        );
+        for m in [AGENT, GATED] {
+            let def = AgentDefinition {
+                manifest: AgentManifest::from_toml(m).unwrap(),
+                prompt: PROMPT.to_owned(),
+            };
+            engine
+                .put_agent(&Scope::default_workspace(), def)
+                .await
+                .unwrap();
+        }
+        engine.start();
+        let app = router(AppState {
+            engine: Arc::clone(&engine),
+        });
+        Self { app, _dir: dir }
+    }
+
+    pub async fn request(&self, req: Request<Body>) -> Answer {
+        let resp = self.app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let ctype = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_owned());
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        (status, ctype, body)
+    }
+
+    pub async fn get(&self, uri: &str) -> Answer {
+        self.request(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+    }
+
+    pub async fn post(&self, uri: &str, body: &Value) -> Answer {
+        self.request(
+            Request::post(uri)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(serde_json::to_vec(body).unwrap()))
+                .unwrap(),
+        )
+        .await
+    }
+
+    pub async fn post_raw(&self, uri: &str, ctype: &str, body: impl Into<Body>) -> Answer {
+        self.request(
+            Request::post(uri)
+                .header(header::CONTENT_TYPE, ctype)
+                .body(body.into())
+                .unwrap(),
+        )
+        .await
+    }
+}

@@ -1,0 +1,1256 @@
+//! The behavioural suite every [`Store`] backend must pass, so SQLite and PostgreSQL show the same
+//! semantics to the engine and the API.
+//!
+//! Each check in [`CHECKS`] gets a fresh, empty store of its own (claims and listings see every
+//! run of the store, so checks must not share one). [`run_all`] runs them in order and reports
+//! every failing check by name. To instantiate the suite for a backend, give it a factory that
+//! returns a new store plus whatever must stay alive while the check runs (a temporary folder, a
+//! throw-away database):
+//!
+//! ```ignore
+//! #[tokio::test(flavor = "multi_thread")]
+//! async fn conformance() {
+//!     paddock_store::conformance::run_all(|| async {
+//!         let db = TempDatabase::create().await?; // dropped (and cleaned up) after the check
+//!         let store: paddock_store::DynStore = PgStore::connect(db.url()).await?;
+//!         Ok::<_, anyhow::Error>((store, db))
+//!     })
+//!     .await
+//!     .unwrap();
+//! }
+//! ```
+//!
+//! A single check can be run alone with its function (they are all public), e.g. while
+//! debugging one behaviour. Checks fail with a [`Failure`] naming the source line, never panic.
+//!
+//! Semantics pinned here beyond the trait docs: a scope without an end-user sees every run of its
+//! workspace, a scope with one sees only that end-user's runs (agents are per workspace and seen
+//! by both); a resource of another scope is indistinguishable from a missing one; a batch may end
+//! a run but not continue after the end; deciding an expired approval is
+//! [`StoreError::AlreadyDecided`]; claim, renew and release publish nothing.
+
+use crate::{Append, Claimed, Committed, DynStore, RunFilter, Store, StoreError};
+use paddock_types::api::{AgentDefinition, ApprovalStatus, Run};
+use paddock_types::event::{ApprovalDecision, PolicyDecision};
+use paddock_types::ids::EndUserId;
+use paddock_types::manifest::{Limits, ModelSettings};
+use paddock_types::{
+    AgentManifest, ApprovalId, ErrorCode, EventKind, NewEvent, OrgId, RunId, RunStatus, Scope,
+    ToolCall, WorkspaceId,
+};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+/// Why a check failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Failure(pub String);
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        Failure(format!("unexpected store error: {e}"))
+    }
+}
+
+type Outcome = Result<(), Failure>;
+
+/// A check's future.
+pub type CheckFuture = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+/// A check: takes a fresh, empty store.
+pub type Check = fn(DynStore) -> CheckFuture;
+
+/// Every check, by name.
+pub const CHECKS: &[(&str, Check)] = &[
+    ("agent_versions", |s| Box::pin(agent_versions(s))),
+    ("runs_create_get_list", |s| {
+        Box::pin(runs_create_get_list(s))
+    }),
+    ("append_seqs_and_conflicts", |s| {
+        Box::pin(append_seqs_and_conflicts(s))
+    }),
+    ("terminal_runs_refuse_appends", |s| {
+        Box::pin(terminal_runs_refuse_appends(s))
+    }),
+    ("events_paging", |s| Box::pin(events_paging(s))),
+    ("approval_lifecycle", |s| Box::pin(approval_lifecycle(s))),
+    ("leases", |s| Box::pin(leases(s))),
+    ("scope_isolation", |s| Box::pin(scope_isolation(s))),
+    ("end_user_scope", |s| Box::pin(end_user_scope(s))),
+    ("subscribe_after_commit", |s| {
+        Box::pin(subscribe_after_commit(s))
+    }),
+    ("concurrent_appends", |s| Box::pin(concurrent_appends(s))),
+];
+
+/// Runs every check, each on a store from `fresh`; the second value `fresh` returns is dropped
+/// after its check (use it to clean up). Fails with the list of every failing check.
+pub async fn run_all<F, Fut, G, E>(mut fresh: F) -> Result<(), Failure>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(DynStore, G), E>>,
+    E: std::fmt::Display,
+{
+    let mut failures = Vec::new();
+    for (name, check) in CHECKS {
+        let (store, keep) = fresh()
+            .await
+            .map_err(|e| Failure(format!("{name}: cannot create a store: {e}")))?;
+        if let Err(f) = check(store).await {
+            failures.push(format!("{name}: {f}"));
+        }
+        drop(keep);
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure(format!(
+            "{} of {} store checks failed:\n{}",
+            failures.len(),
+            CHECKS.len(),
+            failures.join("\n")
+        )))
+    }
+}
+
+macro_rules! ensure {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(Failure(format!("line {}: {}", line!(), format!($($msg)+))));
+        }
+    };
+}
+
+macro_rules! ensure_eq {
+    ($left:expr, $right:expr $(,)?) => {{
+        let (left, right) = (&$left, &$right);
+        if left != right {
+            return Err(Failure(format!(
+                "line {}: {} != {}\n   left: {:?}\n  right: {:?}",
+                line!(),
+                stringify!($left),
+                stringify!($right),
+                left,
+                right
+            )));
+        }
+    }};
+}
+
+macro_rules! ensure_matches {
+    ($value:expr, $pat:pat $(if $guard:expr)? $(,)?) => {
+        match $value {
+            $pat $(if $guard)? => {}
+            other => {
+                return Err(Failure(format!(
+                    "line {}: expected {}, got {:?}",
+                    line!(),
+                    stringify!($pat),
+                    other
+                )))
+            }
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures
+
+fn fail(msg: impl std::fmt::Display) -> Failure {
+    Failure(msg.to_string())
+}
+
+/// An agent definition; `prompt` tells versions' contents apart.
+pub fn agent(name: &str, version: &str, prompt: &str) -> Result<AgentDefinition, Failure> {
+    Ok(AgentDefinition {
+        manifest: AgentManifest {
+            name: name.to_owned(),
+            version: semver::Version::parse(version).map_err(fail)?,
+            description: String::new(),
+            model: ModelSettings {
+                provider: "scripted".to_owned(),
+                name: "test".to_owned(),
+                temperature: Some(0.2),
+                top_p: None,
+                max_output_tokens: 256,
+            },
+            limits: Limits::default(),
+            tools: BTreeMap::new(),
+            input_schema: Some(json!({"type": "object"})),
+            output_schema: None,
+        },
+        prompt: prompt.to_owned(),
+    })
+}
+
+/// The `run_created` event of a run of `agent`.
+pub fn created(agent: &str) -> NewEvent {
+    NewEvent::now(EventKind::RunCreated {
+        agent: agent.to_owned(),
+        agent_version: "1.0.0".to_owned(),
+        input: json!({"question": "why?"}),
+        metadata: json!({"team": "qa"}),
+        system_prompt: "be brief".to_owned(),
+        user_message: "why?".to_owned(),
+    })
+}
+
+fn ev(kind: EventKind) -> NewEvent {
+    NewEvent::now(kind)
+}
+
+fn started() -> NewEvent {
+    ev(EventKind::RunStarted {
+        worker: "w".to_owned(),
+        recovered: false,
+    })
+}
+
+fn call(id: &str) -> ToolCall {
+    ToolCall {
+        id: id.to_owned(),
+        name: "write_file".to_owned(),
+        arguments: json!({"path": "a.txt"}),
+    }
+}
+
+fn scope_of(org: &str, ws: &str, end_user: Option<&str>) -> Result<Scope, Failure> {
+    Ok(Scope {
+        org: OrgId::parse(org).map_err(fail)?,
+        workspace: WorkspaceId::parse(ws).map_err(fail)?,
+        end_user: end_user.map(EndUserId::parse).transpose().map_err(fail)?,
+    })
+}
+
+async fn new_run(store: &dyn Store, scope: &Scope, agent: &str) -> Result<Run, Failure> {
+    Ok(store
+        .create_run(scope, &RunId::new(), created(agent))
+        .await?)
+}
+
+async fn push(
+    store: &dyn Store,
+    scope: &Scope,
+    run: &RunId,
+    events: Vec<NewEvent>,
+) -> Result<Run, StoreError> {
+    store
+        .append(
+            scope,
+            Append {
+                run_id: run.clone(),
+                expected_seq: None,
+                events,
+            },
+        )
+        .await
+}
+
+/// A run parked on a fresh approval of `call_id`; returns the run and the approval id.
+async fn waiting_run(
+    store: &dyn Store,
+    scope: &Scope,
+    agent: &str,
+    call_id: &str,
+) -> Result<(Run, ApprovalId), Failure> {
+    let run = new_run(store, scope, agent).await?;
+    let approval = ApprovalId::new();
+    let run = push(
+        store,
+        scope,
+        &run.id,
+        vec![
+            started(),
+            ev(EventKind::PolicyDecided {
+                call_id: call_id.to_owned(),
+                tool: "write_file".to_owned(),
+                decision: PolicyDecision::ApprovalRequired,
+                reason: "manifest".to_owned(),
+            }),
+            ev(EventKind::ApprovalRequested {
+                approval_id: approval.clone(),
+                call: call(call_id),
+            }),
+            ev(EventKind::RunWaiting {
+                approval_id: approval.clone(),
+            }),
+        ],
+    )
+    .await?;
+    Ok((run, approval))
+}
+
+fn ids(runs: &[Run]) -> Vec<RunId> {
+    runs.iter().map(|r| r.id.clone()).collect()
+}
+
+fn claimed_ids(claimed: &[Claimed]) -> Vec<RunId> {
+    claimed.iter().map(|c| c.run_id.clone()).collect()
+}
+
+fn sorted<T: Ord + Clone>(items: &[T]) -> Vec<T> {
+    let mut v = items.to_vec();
+    v.sort();
+    v
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checks
+
+/// Versions are immutable; identical re-registration is a no-op; "latest" is by semver.
+pub async fn agent_versions(store: DynStore) -> Outcome {
+    let s = Scope::default_workspace();
+    let first = store.put_agent(&s, &agent("alpha", "1.9.0", "v9")?).await?;
+    store
+        .put_agent(&s, &agent("alpha", "1.10.0", "v10")?)
+        .await?;
+    store.put_agent(&s, &agent("alpha", "1.2.0", "v2")?).await?;
+    store.put_agent(&s, &agent("beta", "0.1.0", "b")?).await?;
+
+    let again = store.put_agent(&s, &agent("alpha", "1.9.0", "v9")?).await?;
+    ensure_eq!(again, first);
+    ensure_matches!(
+        store.put_agent(&s, &agent("alpha", "1.9.0", "changed")?).await,
+        Err(StoreError::AgentVersionExists { ref name, ref version })
+            if name == "alpha" && version == "1.9.0"
+    );
+
+    let latest = store.get_agent(&s, "alpha", None).await?;
+    ensure_eq!(
+        latest.map(|r| r.definition.manifest.version.to_string()),
+        Some("1.10.0".to_owned())
+    );
+    let v9 = store.get_agent(&s, "alpha", Some("1.9.0")).await?;
+    ensure_eq!(v9.map(|r| r.definition.prompt), Some("v9".to_owned()));
+    ensure!(
+        store.get_agent(&s, "alpha", Some("3.0.0")).await?.is_none(),
+        "an unknown version must be missing"
+    );
+    ensure!(
+        store.get_agent(&s, "gamma", None).await?.is_none(),
+        "an unknown agent must be missing"
+    );
+
+    let listed = store.list_agents(&s).await?;
+    let listed: Vec<(String, String)> = listed
+        .iter()
+        .map(|r| {
+            let m = &r.definition.manifest;
+            (m.name.clone(), m.version.to_string())
+        })
+        .collect();
+    ensure_eq!(
+        listed,
+        vec![
+            ("alpha".to_owned(), "1.10.0".to_owned()),
+            ("beta".to_owned(), "0.1.0".to_owned())
+        ]
+    );
+    Ok(())
+}
+
+/// Creating, reading and listing runs: filters, newest-first order, cursor paging.
+pub async fn runs_create_get_list(store: DynStore) -> Outcome {
+    let s = Scope::default_workspace();
+    let bad = store.create_run(&s, &RunId::new(), started()).await;
+    ensure_matches!(bad, Err(StoreError::Backend(_)));
+
+    let first = created("alpha");
+    let id = RunId::new();
+    let run = store.create_run(&s, &id, first.clone()).await?;
+    ensure_eq!(run.id, id);
+    ensure_eq!(run.status, RunStatus::Queued);
+    ensure_eq!(run.last_seq, 1);
+    ensure_eq!(run.agent, "alpha");
+    ensure_eq!(run.input, json!({"question": "why?"}));
+    ensure_eq!(run.metadata, json!({"team": "qa"}));
+    ensure_eq!(run.created_at, first.at);
+    ensure_eq!(store.get_run(&s, &id).await?, Some(run.clone()));
+    ensure!(
+        store.create_run(&s, &id, created("alpha")).await.is_err(),
+        "a run id must not be created twice"
+    );
+    ensure_eq!(store.get_run(&s, &RunId::new()).await?, None);
+
+    let mut all = vec![run];
+    for agent in ["alpha", "alpha", "beta", "beta"] {
+        all.push(new_run(&*store, &s, agent).await?);
+    }
+    let running = push(&*store, &s, &all[1].id, vec![started()]).await?;
+    ensure_eq!(running.status, RunStatus::Running);
+    all[1] = running;
+    // Newest first.
+    all.sort_by(|a, b| b.id.cmp(&a.id));
+
+    let page = store
+        .list_runs(&s, &RunFilter::default(), None, 200)
+        .await?;
+    ensure_eq!(page.data, all);
+    ensure_eq!(page.next_cursor, None);
+
+    let alpha = RunFilter {
+        agent: Some("alpha".to_owned()),
+        status: None,
+    };
+    let page = store.list_runs(&s, &alpha, None, 50).await?;
+    ensure_eq!(page.data.len(), 3);
+    ensure!(page.data.iter().all(|r| r.agent == "alpha"), "agent filter");
+    let running = RunFilter {
+        agent: None,
+        status: Some(RunStatus::Running),
+    };
+    let page = store.list_runs(&s, &running, None, 50).await?;
+    ensure_eq!(ids(&page.data), vec![all_running(&all)?]);
+    let none = RunFilter {
+        agent: Some("beta".to_owned()),
+        status: Some(RunStatus::Running),
+    };
+    ensure!(
+        store.list_runs(&s, &none, None, 50).await?.data.is_empty(),
+        "combined filters"
+    );
+    // A page exactly as big as what is left has no next cursor.
+    let page = store.list_runs(&s, &alpha, None, 3).await?;
+    ensure_eq!(page.data.len(), 3);
+    ensure_eq!(page.next_cursor, None);
+
+    // Paging by 2 walks the whole listing once.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let page = store
+            .list_runs(&s, &RunFilter::default(), cursor.as_deref(), 2)
+            .await?;
+        pages += 1;
+        ensure!(page.data.len() <= 2, "page larger than its limit");
+        seen.extend(page.data);
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+        ensure!(pages < 10, "paging does not end");
+    }
+    ensure_eq!(pages, 3);
+    ensure_eq!(seen, all);
+
+    // The limit is clamped to 1..=200.
+    let page = store.list_runs(&s, &RunFilter::default(), None, 0).await?;
+    ensure_eq!(page.data.len(), 1);
+    ensure!(page.next_cursor.is_some(), "a clamped page still pages");
+
+    for bad in ["garbage", "apr_0123", ""] {
+        ensure_matches!(
+            store
+                .list_runs(&s, &RunFilter::default(), Some(bad), 10)
+                .await,
+            Err(StoreError::BadCursor)
+        );
+    }
+    Ok(())
+}
+
+fn all_running(runs: &[Run]) -> Result<RunId, Failure> {
+    runs.iter()
+        .find(|r| r.status == RunStatus::Running)
+        .map(|r| r.id.clone())
+        .ok_or_else(|| fail("no running run"))
+}
+
+/// Seqs follow without gaps, `expected_seq` detects concurrent writers, and the run row is the
+/// fold of the journal.
+pub async fn append_seqs_and_conflicts(store: DynStore) -> Outcome {
+    let s = Scope::default_workspace();
+    let run = new_run(&*store, &s, "alpha").await?;
+    let batch = vec![
+        started(),
+        ev(EventKind::ToolCallStarted {
+            call_id: "c1".to_owned(),
+            tool: "read_file".to_owned(),
+            idempotent: true,
+            rerun: false,
+        }),
+        ev(EventKind::ToolCallCompleted {
+            call_id: "c1".to_owned(),
+            tool: "read_file".to_owned(),
+            output: "hello".to_owned(),
+            is_error: false,
+            duration_ms: 3,
+        }),
+    ];
+    let after = store
+        .append(
+            &s,
+            Append {
+                run_id: run.id.clone(),
+                expected_seq: Some(1),
+                events: batch.clone(),
+            },
+        )
+        .await?;
+    ensure_eq!(after.last_seq, 4);
+    ensure_eq!(after.status, RunStatus::Running);
+    ensure_eq!(after.usage.tool_calls, 1);
+    ensure_eq!(store.get_run(&s, &run.id).await?, Some(after.clone()));
+
+    let stale = store
+        .append(
+            &s,
+            Append {
+                run_id: run.id.clone(),
+                expected_seq: Some(1),
+                events: vec![started()],
+            },
+        )
+        .await;
+    ensure_matches!(
+        stale,
+        Err(StoreError::Conflict {
+            expected: 1,
+            actual: 4
+        })
+    );
+    ensure_eq!(store.events(&s, &run.id, 0, u32::MAX).await?.len(), 4);
+
+    // No expectation: appends whatever the journal's position.
+    let after = push(&*store, &s, &run.id, vec![started()]).await?;
+    ensure_eq!(after.last_seq, 5);
+    // Nothing to append: the run as it is.
+    let same = push(&*store, &s, &run.id, Vec::new()).await?;
+    ensure_eq!(same, after);
+
+    let events = store.events(&s, &run.id, 0, u32::MAX).await?;
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    ensure_eq!(seqs, vec![1, 2, 3, 4, 5]);
+    for (stored, sent) in events[1..4].iter().zip(&batch) {
+        ensure_eq!(stored.kind, sent.kind);
+        ensure_eq!(stored.at, sent.at);
+    }
+    let mut fold = Run::from_created(run.id.clone(), &events[0])
+        .ok_or_else(|| fail("first event is not run_created"))?;
+    for e in &events[1..] {
+        fold.apply(e);
+    }
+    ensure_eq!(Some(fold), store.get_run(&s, &run.id).await?);
+
+    ensure_matches!(
+        push(&*store, &s, &RunId::new(), vec![started()]).await,
+        Err(StoreError::NotFound("run"))
+    );
+    Ok(())
+}
+
+/// A finished run takes no more events, and a batch cannot go on past the end.
+pub async fn terminal_runs_refuse_appends(store: DynStore) -> Outcome {
+    let s = Scope::default_workspace();
+    let run = new_run(&*store, &s, "alpha").await?;
+    let done = push(
+        &*store,
+        &s,
+        &run.id,
+        vec![started(), ev(EventKind::RunSucceeded { output: json!(42) })],
+    )
+    .await?;
+    ensure_eq!(done.status, RunStatus::Succeeded);
+    ensure_eq!(done.output, Some(json!(42)));
+    for more in [
+        started(),
+        ev(EventKind::RunCancelled { reason: None }),
+        ev(EventKind::RunSucceeded { output: json!(1) }),
+    ] {
+        ensure_matches!(
+            push(&*store, &s, &run.id, vec![more]).await,
+            Err(StoreError::Terminal(RunStatus::Succeeded))
+        );
+    }
+    ensure_matches!(
+        push(&*store, &s, &run.id, Vec::new()).await,
+        Err(StoreError::Terminal(RunStatus::Succeeded))
+    );
+    ensure_eq!(store.get_run(&s, &run.id).await?, Some(done));
+
+    // All or nothing: the failing batch leaves no trace.
+    let run = new_run(&*store, &s, "alpha").await?;
+    let past_end = push(
+        &*store,
+        &s,
+        &run.id,
+        vec![
+            ev(EventKind::RunFailed {
+                error: paddock_types::RunError::new(ErrorCode::ToolError, "boom"),
+            }),
+            started(),
+        ],
+    )
+    .await;
+    ensure_matches!(past_end, Err(StoreError::Terminal(RunStatus::Failed)));
+    ensure_eq!(store.get_run(&s, &run.id).await?, Some(run.clone()));
+    ensure_eq!(store.events(&s, &run.id, 0, 100).await?.len(), 1);
+
+    let cancelled = push(
+        &*store,
+        &s,
+        &run.id,
+        vec![ev(EventKind::RunCancelled {
+            reason: Some("user asked".to_owned()),
+        })],
+    )
+    .await?;
+    ensure_eq!(cancelled.status, RunStatus::Cancelled);
+    ensure_eq!(cancelled.error.map(|e| e.code), Some(ErrorCode::Cancelled));
+    Ok(())
+}
+
+/// `events(after, limit)` pages through the journal in order.
+pub async fn events_paging(store: DynStore) -> Outcome {
+    let s = Scope::default_workspace();
+    let run = new_run(&*store, &s, "alpha").await?;
+    let more: Vec<NewEvent> = (0..9)
+        .map(|i| {
+            ev(EventKind::ModelRequested {
+                call_index: i,
+                provider: "scripted".to_owned(),
+                model: "test".to_owned(),
+                reissue: false,
+            })
+        })
+        .collect();
+    push(&*store, &s, &run.id, more).await?;
+    let seqs = |events: Vec<paddock_types::Event>| events.iter().map(|e| e.seq).collect::<Vec<_>>();
+    ensure_eq!(seqs(store.events(&s, &run.id, 0, 3).await?), vec![1, 2, 3]);
+    ensure_eq!(seqs(store.events(&s, &run.id, 3, 3).await?), vec![4, 5, 6]);
+    ensure_eq!(seqs(store.events(&s, &run.id, 9, 3).await?), vec![10]);
+    ensure_eq!(
+        seqs(store.events(&s, &run.id, 10, 3).await?),
+        Vec::<u64>::new()
+    );
+    ensure_eq!(
+        seqs(store.events(&s, &run.id, 0, 0).await?),
+        Vec::<u64>::new()
+    );
+    ensure_eq!(
+        seqs(store.events(&s, &run.id, 0, u32::MAX).await?),
+        (1..=10).collect::<Vec<u64>>()
+    );
+    ensure_eq!(
+        seqs(store.events(&s, &run.id, u64::MAX, u32::MAX).await?),
+        Vec::<u64>::new()
+    );
+    let all = store.events(&s, &run.id, 0, u32::MAX).await?;
+    ensure_matches!(&all[0].kind, EventKind::RunCreated { .. });
+    ensure_matches!(
+        &all[9].kind,
+        EventKind::ModelRequested { call_index: 8, .. }
+    );
+    ensure_matches!(
+        store.events(&s, &RunId::new(), 0, 10).await,
+        Err(StoreError::NotFound("run"))
+    );
+    Ok(())
+}
+
+/// Requested → pending → decided once; pending approvals expire when the run ends.
+pub async fn approval_lifecycle(store: DynStore) -> Outcome {
+    let s = Scope::default_workspace();
+    let (run, apr) = waiting_run(&*store, &s, "alpha", "c1").await?;
+    ensure_eq!(run.status, RunStatus::Waiting);
+    let events = store.events(&s, &run.id, 0, u32::MAX).await?;
+    let requested_at = events
+        .iter()
+        .find(|e| matches!(e.kind, EventKind::ApprovalRequested { .. }))
+        .map(|e| e.at)
+        .ok_or_else(|| fail("no approval_requested event"))?;
+
+    let pending = store
+        .get_approval(&s, &run.id, &apr)
+        .await?
+        .ok_or_else(|| fail("approval missing"))?;
+    ensure_eq!(pending.id, apr);
+    ensure_eq!(pending.run_id, run.id);
+    ensure_eq!(pending.agent, "alpha");
+    ensure_eq!(pending.call, call("c1"));
+    ensure_eq!(pending.status, ApprovalStatus::Pending);
+    ensure_eq!(pending.created_at, requested_at);
+    ensure_eq!(pending.decided_at, None);
+    ensure_eq!(pending.comment, None);
+    ensure_eq!(store.get_approval(&s, &RunId::new(), &apr).await?, None);
+    let listed = store
+        .list_approvals(&s, Some(ApprovalStatus::Pending), None, 10)
+        .await?;
+    ensure_eq!(listed.data, vec![pending]);
+
+    let decided = store
+        .decide_approval(
+            &s,
+            &run.id,
+            &apr,
+            ApprovalDecision::Approve,
+            Some("fine".to_owned()),
+        )
+        .await?;
+    ensure_eq!(decided.status, RunStatus::Queued);
+    ensure_eq!(decided.last_seq, run.last_seq + 1);
+    ensure_eq!(store.get_run(&s, &run.id).await?, Some(decided.clone()));
+    let last = store.events(&s, &run.id, run.last_seq, 10).await?;
+    ensure_eq!(last.len(), 1);
+    ensure_eq!(
+        last[0].kind,
+        EventKind::ApprovalDecided {
+            approval_id: apr.clone(),
+            call_id: "c1".to_owned(),
+            decision: ApprovalDecision::Approve,
+            comment: Some("fine".to_owned()),
+        }
+    );
+    let approved = store
+        .get_approval(&s, &run.id, &apr)
+        .await?
+        .ok_or_else(|| fail("approval missing"))?;
+    ensure_eq!(approved.status, ApprovalStatus::Approved);
+    ensure_eq!(approved.comment.as_deref(), Some("fine"));
+    ensure_eq!(approved.decided_at, Some(last[0].at));
+
+    ensure_matches!(
+        store
+            .decide_approval(&s, &run.id, &apr, ApprovalDecision::Deny, None)
+            .await,
+        Err(StoreError::AlreadyDecided)
+    );
+    ensure_matches!(
+        store
+            .decide_approval(
+                &s,
+                &run.id,
+                &ApprovalId::new(),
+                ApprovalDecision::Deny,
+                None
+            )
+            .await,
+        Err(StoreError::NotFound("approval"))
+    );
+    ensure_matches!(
+        store
+            .decide_approval(&s, &RunId::new(), &apr, ApprovalDecision::Deny, None)
+            .await,
+        Err(StoreError::NotFound(_))
+    );
+
+    // Cancelling a waiting run expires its pending approval.
+    let (run2, apr2) = waiting_run(&*store, &s, "alpha", "c2").await?;
+    push(
+        &*store,
+        &s,
+        &run2.id,
+        vec![ev(EventKind::RunCancelled { reason: None })],
+    )
+    .await?;
+    let expired = store
+        .get_approval(&s, &run2.id, &apr2)
+        .await?
+        .ok_or_else(|| fail("approval missing"))?;
+    ensure_eq!(expired.status, ApprovalStatus::Expired);
+    ensure_matches!(
+        store
+            .decide_approval(&s, &run2.id, &apr2, ApprovalDecision::Approve, None)
+            .await,
+        Err(StoreError::AlreadyDecided)
+    );
+
+    let (run3, apr3) = waiting_run(&*store, &s, "beta", "c3").await?;
+    store
+        .decide_approval(&s, &run3.id, &apr3, ApprovalDecision::Deny, None)
+        .await?;
+    let denied = store
+        .get_approval(&s, &run3.id, &apr3)
+        .await?
+        .ok_or_else(|| fail("approval missing"))?;
+    ensure_eq!(denied.status, ApprovalStatus::Denied);
+    ensure_eq!(denied.agent, "beta");
+
+    // Oldest first, filtered by status, paged by cursor.
+    let order = sorted(&[apr.clone(), apr2.clone(), apr3.clone()]);
+    let all = store.list_approvals(&s, None, None, 10).await?;
+    ensure_eq!(
+        all.data.iter().map(|a| a.id.clone()).collect::<Vec<_>>(),
+        order
+    );
+    let only = store
+        .list_approvals(&s, Some(ApprovalStatus::Expired), None, 10)
+        .await?;
+    ensure_eq!(
+        only.data.iter().map(|a| a.id.clone()).collect::<Vec<_>>(),
+        vec![apr2]
+    );
+    ensure!(
+        store
+            .list_approvals(&s, Some(ApprovalStatus::Pending), None, 10)
+            .await?
+            .data
+            .is_empty(),
+        "nothing is pending any more"
+    );
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..10 {
+        let page = store.list_approvals(&s, None, cursor.as_deref(), 1).await?;
+        seen.extend(page.data.into_iter().map(|a| a.id));
+        cursor = page.next_cursor;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    ensure_eq!(seen, order);
+    for bad in ["nope", "run_0123"] {
+        ensure_matches!(
+            store.list_approvals(&s, None, Some(bad), 10).await,
+            Err(StoreError::BadCursor)
+        );
+    }
+    Ok(())
+}
+
+/// Claims hand out queued and running runs with free leases, oldest first, once; leases expire,
+/// renew reports lost ones, release gives them back.
+pub async fn leases(store: DynStore) -> Outcome {
+    let s = Scope::default_workspace();
+    let queued = new_run(&*store, &s, "alpha").await?;
+    let (waiting, apr) = waiting_run(&*store, &s, "alpha", "c1").await?;
+    let done = new_run(&*store, &s, "alpha").await?;
+    push(
+        &*store,
+        &s,
+        &done.id,
+        vec![ev(EventKind::RunSucceeded {
+            output: json!(null),
+        })],
+    )
+    .await?;
+    let running = new_run(&*store, &s, "alpha").await?;
+    push(&*store, &s, &running.id, vec![started()]).await?;
+    const LONG: i64 = 60_000;
+
+    let got = store.claim("w1", LONG, 10).await?;
+    ensure_eq!(
+        claimed_ids(&got),
+        vec![queued.id.clone(), running.id.clone()]
+    );
+    ensure!(
+        got.iter().all(|c| c.scope == s),
+        "claims carry the run's scope"
+    );
+    ensure!(
+        store.claim("w2", LONG, 10).await?.is_empty(),
+        "a held run must not be claimed again"
+    );
+
+    ensure_eq!(
+        store
+            .renew(
+                "w1",
+                &[queued.id.clone(), running.id.clone(), waiting.id.clone()],
+                LONG
+            )
+            .await?,
+        vec![waiting.id.clone()]
+    );
+    ensure_eq!(
+        store
+            .renew("w2", std::slice::from_ref(&queued.id), LONG)
+            .await?,
+        vec![queued.id.clone()]
+    );
+
+    // Releasing someone else's lease does nothing; releasing one's own frees the run.
+    store.release("w2", &running.id).await?;
+    store.release("w1", &queued.id).await?;
+    ensure_eq!(
+        claimed_ids(&store.claim("w2", LONG, 10).await?),
+        vec![queued.id.clone()]
+    );
+
+    // A decided approval puts the waiting run back in line.
+    store
+        .decide_approval(&s, &waiting.id, &apr, ApprovalDecision::Approve, None)
+        .await?;
+    ensure_eq!(
+        claimed_ids(&store.claim("w3", LONG, 10).await?),
+        vec![waiting.id.clone()]
+    );
+
+    // Ending a run drops its lease.
+    push(
+        &*store,
+        &s,
+        &running.id,
+        vec![ev(EventKind::RunSucceeded { output: json!(1) })],
+    )
+    .await?;
+    ensure_eq!(
+        store
+            .renew("w1", std::slice::from_ref(&running.id), LONG)
+            .await?,
+        vec![running.id.clone()]
+    );
+
+    // An expired lease can be taken over; the first holder then learns it lost it.
+    let short = new_run(&*store, &s, "alpha").await?;
+    ensure_eq!(
+        claimed_ids(&store.claim("w4", 1, 10).await?),
+        vec![short.id.clone()]
+    );
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    ensure_eq!(
+        claimed_ids(&store.claim("w5", LONG, 10).await?),
+        vec![short.id.clone()]
+    );
+    ensure_eq!(
+        store
+            .renew("w4", std::slice::from_ref(&short.id), LONG)
+            .await?,
+        vec![short.id.clone()]
+    );
+    ensure!(
+        store
+            .renew("w5", std::slice::from_ref(&short.id), LONG)
+            .await?
+            .is_empty(),
+        "the new holder keeps its lease"
+    );
+
+    // The limit takes the oldest first.
+    let mut fresh = Vec::new();
+    for _ in 0..3 {
+        fresh.push(new_run(&*store, &s, "alpha").await?.id);
+    }
+    ensure!(store.claim("w6", LONG, 0).await?.is_empty(), "limit 0");
+    ensure_eq!(
+        claimed_ids(&store.claim("w6", LONG, 2).await?),
+        fresh[..2].to_vec()
+    );
+    ensure_eq!(
+        claimed_ids(&store.claim("w6", LONG, 2).await?),
+        fresh[2..].to_vec()
+    );
+    Ok(())
+}
+
+/// Another workspace (or org) sees nothing, and what it does touches nothing.
+pub async fn scope_isolation(store: DynStore) -> Outcome {
+    let s = Scope::default_workspace();
+    store
+        .put_agent(&s, &agent("alpha", "1.0.0", "mine")?)
+        .await?;
+    let (run, apr) = waiting_run(&*store, &s, "alpha", "c1").await?;
+
+    let other_ws = scope_of("org_x", "ws_other", None)?;
+    // Same workspace id under another org: the org is part of the scope too.
+    let other_org = scope_of("org_x", s.workspace.as_str(), None)?;
+    for o in [&other_ws, &other_org] {
+        ensure!(
+            store.get_agent(o, "alpha", None).await?.is_none(),
+            "agent leaked"
+        );
+        ensure!(
+            store.get_agent(o, "alpha", Some("1.0.0")).await?.is_none(),
+            "agent version leaked"
+        );
+        ensure!(store.list_agents(o).await?.is_empty(), "agent list leaked");
+        ensure_eq!(store.get_run(o, &run.id).await?, None);
+        ensure!(
+            store
+                .list_runs(o, &RunFilter::default(), None, 200)
+                .await?
+                .data
+                .is_empty(),
+            "run list leaked"
+        );
+        ensure_matches!(
+            store.events(o, &run.id, 0, 10).await,
+            Err(StoreError::NotFound("run"))
+        );
+        ensure_matches!(
+            push(
+                &*store,
+                o,
+                &run.id,
+                vec![ev(EventKind::RunCancelled { reason: None })]
+            )
+            .await,
+            Err(StoreError::NotFound("run"))
+        );
+        ensure_eq!(store.get_approval(o, &run.id, &apr).await?, None);
+        ensure!(
+            store
+                .list_approvals(o, None, None, 200)
+                .await?
+                .data
+                .is_empty(),
+            "approval list leaked"
+        );
+        ensure_matches!(
+            store
+                .decide_approval(o, &run.id, &apr, ApprovalDecision::Approve, None)
+                .await,
+            Err(StoreError::NotFound("approval"))
+        );
+    }
+    // Nothing the other scopes tried changed the run.
+    ensure_eq!(store.get_run(&s, &run.id).await?, Some(run.clone()));
+
+    // Names and versions are per workspace.
+    let theirs = store
+        .put_agent(&other_ws, &agent("alpha", "1.0.0", "theirs")?)
+        .await?;
+    ensure_eq!(theirs.definition.prompt, "theirs");
+    let mine = store.get_agent(&s, "alpha", None).await?;
+    ensure_eq!(mine.map(|r| r.definition.prompt), Some("mine".to_owned()));
+
+    let their_run = new_run(&*store, &other_ws, "alpha").await?;
+    ensure_eq!(
+        ids(&store
+            .list_runs(&s, &RunFilter::default(), None, 200)
+            .await?
+            .data),
+        vec![run.id.clone()]
+    );
+    ensure_eq!(
+        ids(&store
+            .list_runs(&other_ws, &RunFilter::default(), None, 200)
+            .await?
+            .data),
+        vec![their_run.id.clone()]
+    );
+    ensure_eq!(store.get_run(&s, &their_run.id).await?, None);
+
+    // Workers claim across tenants, and each claim says whose run it is.
+    let claimed = store.claim("w", 60_000, 10).await?;
+    let scopes: Vec<(RunId, Scope)> = claimed.into_iter().map(|c| (c.run_id, c.scope)).collect();
+    ensure_eq!(scopes, vec![(their_run.id.clone(), other_ws.clone())]);
+    Ok(())
+}
+
+/// An end-user scope sees only that end-user's runs and approvals; the workspace sees all.
+pub async fn end_user_scope(store: DynStore) -> Outcome {
+    let ws = Scope::default_workspace();
+    let eu1 = scope_of(ws.org.as_str(), ws.workspace.as_str(), Some("eu_one"))?;
+    let eu2 = scope_of(ws.org.as_str(), ws.workspace.as_str(), Some("eu_two"))?;
+    store.put_agent(&ws, &agent("alpha", "1.0.0", "p")?).await?;
+    ensure!(
+        store.get_agent(&eu1, "alpha", None).await?.is_some(),
+        "end-users use the workspace's agents"
+    );
+    ensure_eq!(store.list_agents(&eu1).await?.len(), 1);
+
+    let (r1, apr1) = waiting_run(&*store, &eu1, "alpha", "c1").await?;
+    let r2 = new_run(&*store, &eu2, "alpha").await?;
+    let r0 = new_run(&*store, &ws, "alpha").await?;
+
+    ensure!(store.get_run(&eu1, &r1.id).await?.is_some(), "own run");
+    ensure_eq!(store.get_run(&eu1, &r2.id).await?, None);
+    ensure_eq!(store.get_run(&eu1, &r0.id).await?, None);
+    ensure_eq!(
+        ids(&store
+            .list_runs(&eu1, &RunFilter::default(), None, 200)
+            .await?
+            .data),
+        vec![r1.id.clone()]
+    );
+    ensure_matches!(
+        store.events(&eu1, &r2.id, 0, 10).await,
+        Err(StoreError::NotFound("run"))
+    );
+    ensure_matches!(
+        push(&*store, &eu1, &r2.id, vec![started()]).await,
+        Err(StoreError::NotFound("run"))
+    );
+    let mut every = vec![r0.id.clone(), r1.id.clone(), r2.id.clone()];
+    every.sort_by(|a, b| b.cmp(a));
+    ensure_eq!(
+        ids(&store
+            .list_runs(&ws, &RunFilter::default(), None, 200)
+            .await?
+            .data),
+        every
+    );
+    ensure!(
+        store.get_run(&ws, &r1.id).await?.is_some(),
+        "workspace sees all"
+    );
+
+    ensure_eq!(
+        store.list_approvals(&eu1, None, None, 10).await?.data.len(),
+        1
+    );
+    ensure!(
+        store
+            .list_approvals(&eu2, None, None, 10)
+            .await?
+            .data
+            .is_empty(),
+        "another end-user's approvals leaked"
+    );
+    ensure_eq!(store.get_approval(&eu2, &r1.id, &apr1).await?, None);
+    ensure_matches!(
+        store
+            .decide_approval(&eu2, &r1.id, &apr1, ApprovalDecision::Approve, None)
+            .await,
+        Err(StoreError::NotFound("approval"))
+    );
+    // The workspace may act on its end-users' runs; the approval stays the end-user's.
+    store
+        .decide_approval(&ws, &r1.id, &apr1, ApprovalDecision::Approve, None)
+        .await?;
+    let approved = store.get_approval(&eu1, &r1.id, &apr1).await?;
+    ensure_eq!(approved.map(|a| a.status), Some(ApprovalStatus::Approved));
+
+    let claimed = store.claim("w", 60_000, 10).await?;
+    let of_r1 = claimed
+        .iter()
+        .find(|c| c.run_id == r1.id)
+        .ok_or_else(|| fail("r1 not claimed"))?;
+    ensure_eq!(of_r1.scope, eu1);
+    Ok(())
+}
+
+/// Commits are announced (after they are visible); failures and leases are not.
+pub async fn subscribe_after_commit(store: DynStore) -> Outcome {
+    let s = Scope::default_workspace();
+    let mut rx = store.subscribe();
+
+    let run = new_run(&*store, &s, "alpha").await?;
+    ensure_eq!(
+        recv(&mut rx).await?,
+        Committed {
+            run_id: run.id.clone(),
+            last_seq: 1,
+            status: RunStatus::Queued
+        }
+    );
+
+    store.claim("w", 60_000, 10).await?;
+    store
+        .renew("w", std::slice::from_ref(&run.id), 60_000)
+        .await?;
+    let failed = store
+        .append(
+            &s,
+            Append {
+                run_id: run.id.clone(),
+                expected_seq: Some(7),
+                events: vec![started()],
+            },
+        )
+        .await;
+    ensure_matches!(failed, Err(StoreError::Conflict { .. }));
+    store.release("w", &run.id).await?;
+
+    let appended = push(&*store, &s, &run.id, vec![started(), started()]).await?;
+    let note = recv(&mut rx).await?;
+    ensure_eq!(
+        note,
+        Committed {
+            run_id: run.id.clone(),
+            last_seq: 3,
+            status: RunStatus::Running
+        }
+    );
+    ensure_eq!(store.get_run(&s, &run.id).await?, Some(appended));
+
+    let (waiting, apr) = waiting_run(&*store, &s, "alpha", "c1").await?;
+    ensure_eq!(recv(&mut rx).await?.last_seq, 1);
+    ensure_eq!(
+        recv(&mut rx).await?,
+        Committed {
+            run_id: waiting.id.clone(),
+            last_seq: 5,
+            status: RunStatus::Waiting
+        }
+    );
+    store
+        .decide_approval(&s, &waiting.id, &apr, ApprovalDecision::Approve, None)
+        .await?;
+    ensure_eq!(
+        recv(&mut rx).await?,
+        Committed {
+            run_id: waiting.id.clone(),
+            last_seq: 6,
+            status: RunStatus::Queued
+        }
+    );
+    ensure_matches!(
+        rx.try_recv(),
+        Err(tokio::sync::broadcast::error::TryRecvError::Empty)
+    );
+    Ok(())
+}
+
+async fn recv(rx: &mut tokio::sync::broadcast::Receiver<Committed>) -> Result<Committed, Failure> {
+    match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(fail(format!("subscription failed: {e}"))),
+        Err(_) => Err(fail("no commit notification within 5s")),
+    }
+}
+
+/// Many writers at once: every journal stays gap-free and an `expected_seq` race has exactly one
+/// winner.
+pub async fn concurrent_appends(store: DynStore) -> Outcome {
+    let s = Scope::default_workspace();
+    let mut runs = Vec::new();
+    for _ in 0..20 {
+        runs.push(new_run(&*store, &s, "alpha").await?.id);
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for id in &runs {
+        for _ in 0..5 {
+            let (store, s, id) = (store.clone(), s.clone(), id.clone());
+            tasks.spawn(async move { push(&*store, &s, &id, vec![started()]).await });
+        }
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.map_err(fail)??;
+    }
+    for id in &runs {
+        let seqs: Vec<u64> = store
+            .events(&s, id, 0, u32::MAX)
+            .await?
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        ensure_eq!(seqs, (1..=6).collect::<Vec<u64>>());
+        ensure_eq!(store.get_run(&s, id).await?.map(|r| r.last_seq), Some(6));
+    }
+
+    let contested = runs[0].clone();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let (store, s, id) = (store.clone(), s.clone(), contested.clone());
+        tasks.spawn(async move {
+            store
+                .append(
+                    &s,
+                    Append {
+                        run_id: id,
+                        expected_seq: Some(6),
+                        events: vec![started()],
+                    },
+                )
+                .await
+        });
+    }
+    let (mut won, mut lost) = (0, 0);
+    while let Some(joined) = tasks.join_next().await {
+        match joined.map_err(fail)? {
+            Ok(_) => won += 1,
+            Err(StoreError::Conflict {
+                expected: 6,
+                actual: 7,
+            }) => lost += 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    ensure_eq!((won, lost), (1, 9));
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! Persistence for Paddock: the [`Store`] trait, its embedded SQLite backend and a conformance
+//! suite that every backend must pass (PostgreSQL joins later behind the same trait).
+//!
+//! The store owns durability: [`Store::append`] returns only once the events are durable, and
+//! concurrent appends share one transaction and one fsync (group commit). The run rows and the
+//! approvals are projections of the journal kept in the same transaction as the events, using
+//! [`paddock_types::api::Run::apply`], so every backend shows the same thing.
+//!
+//! Every method takes a [`Scope`]; a resource of another scope is reported as missing. This crate
+//! must not know HTTP.
+
+pub mod conformance;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use paddock_types::api::{AgentDefinition, Approval, ApprovalStatus, Page, Run};
+use paddock_types::event::ApprovalDecision;
+use paddock_types::time::Millis;
+use paddock_types::{ApprovalId, Event, NewEvent, RunId, RunStatus, Scope};
+use std::sync::Arc;
+use tokio::sync::broadcast;
+
+pub use sqlite::SqliteStore;
+
+/// What went wrong, and what the caller should do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The resource does not exist in this scope. Answer "not found".
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// `expected_seq` did not match: someone else appended. Reload the journal and re-decide.
+    #[error("journal conflict: expected last seq {expected}, found {actual}")]
+    Conflict { expected: u64, actual: u64 },
+    /// The run already ended; nothing more may be appended.
+    #[error("run is already {0}")]
+    Terminal(RunStatus),
+    /// An agent version already exists with different content. Bump the version.
+    #[error("agent {name} version {version} already exists with different content")]
+    AgentVersionExists { name: String, version: String },
+    /// The approval was already decided.
+    #[error("approval already decided")]
+    AlreadyDecided,
+    /// The cursor did not come from this listing. Drop it and start over.
+    #[error("invalid cursor")]
+    BadCursor,
+    /// The data folder is held by another process.
+    #[error("data folder is locked by another paddock process: {0}")]
+    Locked(String),
+    /// Anything else from the database or the file system: retry later or report.
+    #[error("storage failure: {0}")]
+    Backend(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A batch of events for one run, appended atomically.
+#[derive(Debug, Clone)]
+pub struct Append {
+    pub run_id: RunId,
+    /// The last seq the writer has seen; the append fails with [`StoreError::Conflict`] if the
+    /// journal moved on. `None` appends regardless (API actions such as cancel).
+    pub expected_seq: Option<u64>,
+    pub events: Vec<NewEvent>,
+}
+
+/// A registered agent version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentRecord {
+    pub definition: AgentDefinition,
+    pub created_at: Millis,
+}
+
+/// Filters for [`Store::list_runs`].
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub agent: Option<String>,
+    pub status: Option<RunStatus>,
+}
+
+/// A run handed to a worker by [`Store::claim`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claimed {
+    pub scope: Scope,
+    pub run_id: RunId,
+}
+
+/// Published after each commit so SSE streams and `?wait=` wake up without polling.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Committed {
+    pub run_id: RunId,
+    pub last_seq: u64,
+    pub status: RunStatus,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Registers an agent version. Re-registering identical content is a no-op.
+    async fn put_agent(&self, scope: &Scope, def: &AgentDefinition) -> Result<AgentRecord>;
+    /// The given version, or the highest semver version when `version` is `None`.
+    async fn get_agent(
+        &self,
+        scope: &Scope,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Option<AgentRecord>>;
+    /// The latest version of every agent, by name.
+    async fn list_agents(&self, scope: &Scope) -> Result<Vec<AgentRecord>>;
+
+    /// Creates a run whose journal starts with `first` (a `run_created` event). Durable on return.
+    async fn create_run(&self, scope: &Scope, id: &RunId, first: NewEvent) -> Result<Run>;
+    async fn get_run(&self, scope: &Scope, id: &RunId) -> Result<Option<Run>>;
+    /// Newest first. `limit` is clamped to 1..=200.
+    async fn list_runs(
+        &self,
+        scope: &Scope,
+        filter: &RunFilter,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<Run>>;
+
+    /// Appends events to a run; durable on return (group-committed with concurrent appends).
+    /// Returns the run projection after the append.
+    async fn append(&self, scope: &Scope, batch: Append) -> Result<Run>;
+    /// Events with `seq > after`, oldest first, at most `limit`.
+    async fn events(
+        &self,
+        scope: &Scope,
+        run_id: &RunId,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<Event>>;
+
+    async fn get_approval(
+        &self,
+        scope: &Scope,
+        run_id: &RunId,
+        id: &ApprovalId,
+    ) -> Result<Option<Approval>>;
+    /// Oldest first.
+    async fn list_approvals(
+        &self,
+        scope: &Scope,
+        status: Option<ApprovalStatus>,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<Approval>>;
+    /// Records the decision as an `approval_decided` event (which puts the run back in `queued`).
+    /// Fails with [`StoreError::AlreadyDecided`] if it is not pending.
+    async fn decide_approval(
+        &self,
+        scope: &Scope,
+        run_id: &RunId,
+        id: &ApprovalId,
+        decision: ApprovalDecision,
+        comment: Option<String>,
+    ) -> Result<Run>;
+
+    /// Leases up to `limit` runs that are `queued`, or `running` with an expired lease, to
+    /// `worker` until now + `lease_ms`.
+    async fn claim(&self, worker: &str, lease_ms: i64, limit: u32) -> Result<Vec<Claimed>>;
+    /// Extends the leases `worker` holds; returns the runs whose lease it no longer holds.
+    async fn renew(&self, worker: &str, runs: &[RunId], lease_ms: i64) -> Result<Vec<RunId>>;
+    /// Gives a lease back (the worker stopped working on the run).
+    async fn release(&self, worker: &str, run_id: &RunId) -> Result<()>;
+
+    /// Commit notifications (run id, last seq, status) for every append and creation.
+    fn subscribe(&self) -> broadcast::Receiver<Committed>;
+}
+
+pub type DynStore = Arc<dyn Store>;

@@ -1,0 +1,375 @@
+//! The embedded SQLite backend: one database file per data folder, WAL, `synchronous=FULL`.
+//!
+//! Writes go through one writer thread that owns the only read-write connection. It takes every
+//! operation already queued (up to [`MAX_BATCH`]), runs them in one `BEGIN IMMEDIATE` transaction
+//! with a savepoint each (so one failing operation does not sink the others), commits once — one
+//! fsync for the whole batch — and only then answers the callers and publishes [`Committed`].
+//! While it waits on the disk, the next batch queues up, so concurrent runs share fsyncs without
+//! any timer.
+//!
+//! Reads go to a small pool of read-only connections on blocking threads; WAL lets them run
+//! beside the writer.
+//!
+//! The data folder is guarded by an advisory lock on `paddock.lock`, held for the life of the
+//! store (the kernel drops it if the process dies), so two processes never write the same files.
+
+mod read;
+mod write;
+
+use crate::{AgentRecord, Append, Claimed, Committed, Result, RunFilter, Store, StoreError};
+use async_trait::async_trait;
+use paddock_types::api::{AgentDefinition, Approval, ApprovalStatus, Page, Run};
+use paddock_types::event::ApprovalDecision;
+use paddock_types::{ApprovalId, Event, NewEvent, RunId, Scope};
+use rusqlite::Connection;
+use std::fs::{File, OpenOptions, TryLockError};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+use tokio::sync::{broadcast, oneshot};
+
+/// Most operations committed in one transaction; a bound on how long a caller can wait behind
+/// others and on the transaction's size.
+pub const MAX_BATCH: usize = 512;
+/// Read-only connections kept for concurrent reads.
+const READERS: usize = 4;
+/// Commit notifications kept for slow subscribers (they see `Lagged` beyond this).
+const NOTIFY_CAPACITY: usize = 8192;
+/// How long a connection waits on a lock held by a checkpoint or a reader before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Prepared statements kept per connection; listings build a few SQL variants each.
+const STATEMENT_CACHE: usize = 64;
+
+/// Schema migrations, applied in order; `PRAGMA user_version` counts those applied.
+const MIGRATIONS: &[&str] = &[include_str!("sqlite/migrations/0001_init.sql")];
+
+/// The SQLite [`Store`]. Dropping the last `Arc` stops the writer thread and releases the lock.
+pub struct SqliteStore {
+    path: PathBuf,
+    /// `None` only while dropping: closing the channel is what stops the writer.
+    jobs: Option<mpsc::Sender<Box<dyn write::Job>>>,
+    writer: Option<JoinHandle<()>>,
+    readers: Arc<read::Pool>,
+    notify: broadcast::Sender<Committed>,
+    commits: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in `data_dir`: `paddock.db` plus the `paddock.lock`
+    /// that keeps a second process out ([`StoreError::Locked`]).
+    pub fn open(data_dir: &Path) -> Result<Arc<SqliteStore>> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            StoreError::Backend(format!("cannot create {}: {e}", data_dir.display()))
+        })?;
+        let lock = lock_folder(data_dir)?;
+        let path = data_dir.join("paddock.db");
+        let mut conn = Connection::open(&path)?;
+        configure_writer(&conn)?;
+        migrate(&mut conn)?;
+
+        let (jobs, queue) = mpsc::channel::<Box<dyn write::Job>>();
+        let (notify, _) = broadcast::channel(NOTIFY_CAPACITY);
+        let commits = Arc::new(AtomicU64::new(0));
+        let writer = {
+            let notify = notify.clone();
+            let commits = Arc::clone(&commits);
+            std::thread::Builder::new()
+                .name("paddock-store-writer".to_owned())
+                .spawn(move || {
+                    write::run(&mut conn, &queue, &notify, &commits);
+                    // Close the database before giving up the folder, so the next owner never
+                    // sees our connection still open.
+                    drop(conn);
+                    drop(lock);
+                })
+                .map_err(|e| StoreError::Backend(format!("cannot start the store writer: {e}")))?
+        };
+        tracing::debug!(path = %path.display(), "store opened");
+        Ok(Arc::new(SqliteStore {
+            readers: Arc::new(read::Pool::new(path.clone(), READERS)),
+            path,
+            jobs: Some(jobs),
+            writer: Some(writer),
+            notify,
+            commits,
+        }))
+    }
+
+    /// Transactions committed by the writer so far. Group commit shows as fewer commits than
+    /// write operations.
+    pub fn commit_count(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    /// Runs `work` in the writer's next batch and waits until that batch is durable.
+    async fn write<T, F>(&self, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<(T, Option<Committed>)> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job = write::pending(work, tx);
+        self.jobs
+            .as_ref()
+            .ok_or_else(stopped)?
+            .send(job)
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+}
+
+fn stopped() -> StoreError {
+    StoreError::Backend("the store writer has stopped".to_owned())
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.readers.close();
+        // Closing the channel ends the writer's loop once it has answered what is queued.
+        drop(self.jobs.take());
+        if let Some(writer) = self.writer.take()
+            && writer.thread().id() != std::thread::current().id()
+            && writer.join().is_err()
+        {
+            tracing::error!("the store writer thread panicked");
+        }
+    }
+}
+
+fn lock_folder(data_dir: &Path) -> Result<File> {
+    let path = data_dir.join("paddock.lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(StoreError::Locked(path.display().to_string())),
+        Err(TryLockError::Error(e)) => Err(StoreError::Backend(format!(
+            "cannot lock {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+fn configure_writer(conn: &Connection) -> Result<()> {
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Backend(format!(
+            "the database refused WAL mode (got {mode})"
+        )));
+    }
+    // FULL: a commit is on disk (WAL fsynced) before anyone is told it happened.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let known = MIGRATIONS.len() as i64;
+    if current > known {
+        return Err(StoreError::Backend(format!(
+            "the database schema is version {current}, newer than this binary knows ({known}); \
+             upgrade paddock"
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let version = i as i64 + 1;
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        // user_version lives in the database header, so it commits with the migration.
+        tx.pragma_update(None, "user_version", version)?;
+        tx.commit()?;
+        tracing::info!(version, "store schema migrated");
+    }
+    Ok(())
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| StoreError::Backend(format!("cannot encode: {e}")))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T> {
+    serde_json::from_str(text)
+        .map_err(|e| StoreError::Backend(format!("corrupt stored value: {e}")))
+}
+
+/// The scope as SQL parameters: org, workspace, end-user (NULL matches every end-user).
+fn scope_params(scope: &Scope) -> (&str, &str, Option<&str>) {
+    (
+        scope.org.as_str(),
+        scope.workspace.as_str(),
+        scope.end_user.as_ref().map(|e| e.as_str()),
+    )
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn put_agent(&self, scope: &Scope, def: &AgentDefinition) -> Result<AgentRecord> {
+        let (scope, def) = (scope.clone(), def.clone());
+        self.write(move |conn| Ok((write::put_agent(conn, &scope, def)?, None)))
+            .await
+    }
+
+    async fn get_agent(
+        &self,
+        scope: &Scope,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Option<AgentRecord>> {
+        let (scope, name) = (scope.clone(), name.to_owned());
+        // Stored versions are canonical semver strings; accept any spelling that parses.
+        let version = version.map(|v| {
+            semver::Version::parse(v)
+                .map(|v| v.to_string())
+                .unwrap_or_else(|_| v.to_owned())
+        });
+        self.readers
+            .with(move |conn| read::get_agent(conn, &scope, &name, version.as_deref()))
+            .await
+    }
+
+    async fn list_agents(&self, scope: &Scope) -> Result<Vec<AgentRecord>> {
+        let scope = scope.clone();
+        self.readers
+            .with(move |conn| read::list_agents(conn, &scope))
+            .await
+    }
+
+    async fn create_run(&self, scope: &Scope, id: &RunId, first: NewEvent) -> Result<Run> {
+        let (scope, id) = (scope.clone(), id.clone());
+        self.write(move |conn| write::create_run(conn, &scope, &id, first))
+            .await
+    }
+
+    async fn get_run(&self, scope: &Scope, id: &RunId) -> Result<Option<Run>> {
+        let (scope, id) = (scope.clone(), id.clone());
+        self.readers
+            .with(move |conn| read::get_run(conn, &scope, &id))
+            .await
+    }
+
+    async fn list_runs(
+        &self,
+        scope: &Scope,
+        filter: &RunFilter,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<Run>> {
+        let cursor = cursor
+            .map(|c| RunId::parse(c).map_err(|_| StoreError::BadCursor))
+            .transpose()?;
+        let (scope, filter) = (scope.clone(), filter.clone());
+        let limit = limit.clamp(1, 200);
+        self.readers
+            .with(move |conn| read::list_runs(conn, &scope, &filter, cursor.as_ref(), limit))
+            .await
+    }
+
+    async fn append(&self, scope: &Scope, batch: Append) -> Result<Run> {
+        let scope = scope.clone();
+        self.write(move |conn| write::append(conn, &scope, batch))
+            .await
+    }
+
+    async fn events(
+        &self,
+        scope: &Scope,
+        run_id: &RunId,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<Event>> {
+        let (scope, run_id) = (scope.clone(), run_id.clone());
+        self.readers
+            .with(move |conn| read::events(conn, &scope, &run_id, after, limit))
+            .await
+    }
+
+    async fn get_approval(
+        &self,
+        scope: &Scope,
+        run_id: &RunId,
+        id: &ApprovalId,
+    ) -> Result<Option<Approval>> {
+        let (scope, run_id, id) = (scope.clone(), run_id.clone(), id.clone());
+        self.readers
+            .with(move |conn| read::get_approval(conn, &scope, &run_id, &id))
+            .await
+    }
+
+    async fn list_approvals(
+        &self,
+        scope: &Scope,
+        status: Option<ApprovalStatus>,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<Approval>> {
+        let cursor = cursor
+            .map(|c| ApprovalId::parse(c).map_err(|_| StoreError::BadCursor))
+            .transpose()?;
+        let scope = scope.clone();
+        let limit = limit.clamp(1, 200);
+        self.readers
+            .with(move |conn| read::list_approvals(conn, &scope, status, cursor.as_ref(), limit))
+            .await
+    }
+
+    async fn decide_approval(
+        &self,
+        scope: &Scope,
+        run_id: &RunId,
+        id: &ApprovalId,
+        decision: ApprovalDecision,
+        comment: Option<String>,
+    ) -> Result<Run> {
+        let (scope, run_id, id) = (scope.clone(), run_id.clone(), id.clone());
+        self.write(move |conn| {
+            write::decide_approval(conn, &scope, &run_id, &id, decision, comment)
+        })
+        .await
+    }
+
+    async fn claim(&self, worker: &str, lease_ms: i64, limit: u32) -> Result<Vec<Claimed>> {
+        let worker = worker.to_owned();
+        self.write(move |conn| Ok((write::claim(conn, &worker, lease_ms, limit)?, None)))
+            .await
+    }
+
+    async fn renew(&self, worker: &str, runs: &[RunId], lease_ms: i64) -> Result<Vec<RunId>> {
+        let (worker, runs) = (worker.to_owned(), runs.to_vec());
+        self.write(move |conn| Ok((write::renew(conn, &worker, &runs, lease_ms)?, None)))
+            .await
+    }
+
+    async fn release(&self, worker: &str, run_id: &RunId) -> Result<()> {
+        let (worker, run_id) = (worker.to_owned(), run_id.clone());
+        self.write(move |conn| Ok((write::release(conn, &worker, &run_id)?, None)))
+            .await
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Committed> {
+        self.notify.subscribe()
+    }
+}

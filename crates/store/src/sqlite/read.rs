@@ -1,0 +1,387 @@
+//! Reads, on a small pool of read-only connections used from blocking threads.
+
+use super::{BUSY_TIMEOUT, STATEMENT_CACHE, from_json, scope_params};
+use crate::{AgentRecord, Result, RunFilter, StoreError};
+use paddock_types::api::{AgentDefinition, Approval, ApprovalStatus, Page, Run};
+use paddock_types::time::Millis;
+use paddock_types::{ApprovalId, Event, RunId, Scope};
+use rusqlite::types::Value;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params, params_from_iter};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::Semaphore;
+
+/// Read-only connections, opened on first use and reused. The semaphore bounds how many reads
+/// run at once (and so how many connections exist).
+pub(super) struct Pool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    permits: Arc<Semaphore>,
+    closed: AtomicBool,
+}
+
+impl Pool {
+    pub(super) fn new(path: PathBuf, size: usize) -> Self {
+        Self {
+            path,
+            idle: Mutex::new(Vec::with_capacity(size)),
+            permits: Arc::new(Semaphore::new(size)),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// Runs `read` on a pooled connection on a blocking thread.
+    pub(super) async fn with<T, F>(self: &Arc<Self>, read: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        let permit = Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Backend("the store is closed".to_owned()))?;
+        let pool = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let mut conn = match pool.lock().pop() {
+                Some(conn) => conn,
+                None => open_reader(&pool.path)?,
+            };
+            let out = read(&mut conn);
+            if !pool.closed.load(Ordering::Acquire) {
+                pool.lock().push(conn);
+            }
+            out
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("store read failed: {e}")))?
+    }
+
+    /// Closes the idle connections and refuses further reads.
+    pub(super) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.permits.close();
+        self.lock().clear();
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Connection>> {
+        // The vector stays valid even if a holder panicked.
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn open_reader(path: &std::path::Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(conn)
+}
+
+pub(super) fn get_agent(
+    conn: &mut Connection,
+    scope: &Scope,
+    name: &str,
+    version: Option<&str>,
+) -> Result<Option<AgentRecord>> {
+    let (org, ws, _) = scope_params(scope);
+    if let Some(version) = version {
+        let row = conn
+            .prepare_cached(
+                "SELECT definition, created_at FROM agents
+                 WHERE org = ?1 AND workspace = ?2 AND name = ?3 AND version = ?4",
+            )?
+            .query_row(params![org, ws, name, version], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })
+            .optional()?;
+        return row.map(|(d, at)| record(&d, at)).transpose();
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT version, definition, created_at FROM agents
+         WHERE org = ?1 AND workspace = ?2 AND name = ?3",
+    )?;
+    let rows = stmt.query_map(params![org, ws, name], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    })?;
+    // Semver order, not string order (1.10.0 > 1.9.0), so pick the latest here.
+    let mut best: Option<(semver::Version, String, Millis)> = None;
+    for row in rows {
+        let (version, def, at) = row?;
+        let version = parse_version(&version)?;
+        if best.as_ref().is_none_or(|(b, _, _)| version > *b) {
+            best = Some((version, def, at));
+        }
+    }
+    best.map(|(_, d, at)| record(&d, at)).transpose()
+}
+
+pub(super) fn list_agents(conn: &mut Connection, scope: &Scope) -> Result<Vec<AgentRecord>> {
+    let (org, ws, _) = scope_params(scope);
+    let mut stmt = conn.prepare_cached(
+        "SELECT name, version, definition, created_at FROM agents
+         WHERE org = ?1 AND workspace = ?2",
+    )?;
+    let rows = stmt.query_map(params![org, ws], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, i64>(3)?,
+        ))
+    })?;
+    let mut latest: BTreeMap<String, (semver::Version, String, Millis)> = BTreeMap::new();
+    for row in rows {
+        let (name, version, def, at) = row?;
+        let version = parse_version(&version)?;
+        match latest.get(&name) {
+            Some((v, _, _)) if *v >= version => {}
+            _ => {
+                latest.insert(name, (version, def, at));
+            }
+        }
+    }
+    latest
+        .into_values()
+        .map(|(_, d, at)| record(&d, at))
+        .collect()
+}
+
+fn parse_version(v: &str) -> Result<semver::Version> {
+    semver::Version::parse(v)
+        .map_err(|e| StoreError::Backend(format!("corrupt stored agent version {v:?}: {e}")))
+}
+
+fn record(definition: &str, created_at: Millis) -> Result<AgentRecord> {
+    Ok(AgentRecord {
+        definition: from_json::<AgentDefinition>(definition)?,
+        created_at,
+    })
+}
+
+pub(super) fn get_run(conn: &mut Connection, scope: &Scope, id: &RunId) -> Result<Option<Run>> {
+    let (org, ws, end_user) = scope_params(scope);
+    let row = conn
+        .prepare_cached(
+            "SELECT run FROM runs
+             WHERE id = ?1 AND org = ?2 AND workspace = ?3 AND (?4 IS NULL OR end_user = ?4)",
+        )?
+        .query_row(params![id.as_str(), org, ws, end_user], |r| {
+            r.get::<_, String>(0)
+        })
+        .optional()?;
+    row.map(|r| from_json(&r)).transpose()
+}
+
+/// A SQL filter built from optional parts, so each combination gets its own (cached) statement
+/// that can use the matching index.
+struct Query {
+    sql: String,
+    args: Vec<Value>,
+}
+
+impl Query {
+    fn new(sql: &str, scope: &Scope) -> Self {
+        let mut q = Query {
+            sql: sql.to_owned(),
+            args: vec![
+                Value::Text(scope.org.to_string()),
+                Value::Text(scope.workspace.to_string()),
+            ],
+        };
+        q.sql.push_str(" WHERE org = ? AND workspace = ?");
+        if let Some(eu) = &scope.end_user {
+            q.and("end_user = ?", Value::Text(eu.to_string()));
+        }
+        q
+    }
+
+    fn and(&mut self, cond: &str, arg: Value) {
+        self.sql.push_str(" AND ");
+        self.sql.push_str(cond);
+        self.args.push(arg);
+    }
+}
+
+pub(super) fn list_runs(
+    conn: &mut Connection,
+    scope: &Scope,
+    filter: &RunFilter,
+    cursor: Option<&RunId>,
+    limit: u32,
+) -> Result<Page<Run>> {
+    let mut q = Query::new("SELECT run FROM runs", scope);
+    if let Some(agent) = &filter.agent {
+        q.and("agent = ?", Value::Text(agent.clone()));
+    }
+    if let Some(status) = filter.status {
+        q.and("status = ?", Value::Text(status.as_str().to_owned()));
+    }
+    if let Some(cursor) = cursor {
+        q.and("id < ?", Value::Text(cursor.to_string()));
+    }
+    q.sql.push_str(" ORDER BY id DESC LIMIT ?");
+    // One more than asked tells whether another page exists.
+    q.args.push(Value::Integer(i64::from(limit) + 1));
+    let mut stmt = conn.prepare_cached(&q.sql)?;
+    let rows = stmt
+        .query_map(params_from_iter(q.args), |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let runs = rows
+        .iter()
+        .map(|r| from_json::<Run>(r))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(page(runs, limit, |r| r.id.to_string()))
+}
+
+fn page<T>(mut data: Vec<T>, limit: u32, cursor_of: impl Fn(&T) -> String) -> Page<T> {
+    let more = data.len() > limit as usize;
+    data.truncate(limit as usize);
+    let next_cursor = if more {
+        data.last().map(cursor_of)
+    } else {
+        None
+    };
+    Page { data, next_cursor }
+}
+
+pub(super) fn events(
+    conn: &mut Connection,
+    scope: &Scope,
+    run_id: &RunId,
+    after: u64,
+    limit: u32,
+) -> Result<Vec<Event>> {
+    let (org, ws, end_user) = scope_params(scope);
+    // One snapshot for the scope check and the read.
+    let tx = conn.transaction()?;
+    let visible = tx
+        .prepare_cached(
+            "SELECT 1 FROM runs
+             WHERE id = ?1 AND org = ?2 AND workspace = ?3 AND (?4 IS NULL OR end_user = ?4)",
+        )?
+        .exists(params![run_id.as_str(), org, ws, end_user])?;
+    if !visible {
+        return Err(StoreError::NotFound("run"));
+    }
+    let after = i64::try_from(after).unwrap_or(i64::MAX);
+    let events = {
+        let mut stmt = tx.prepare_cached(
+            "SELECT seq, at, kind FROM events WHERE run_id = ?1 AND seq > ?2
+             ORDER BY seq LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![run_id.as_str(), after, i64::from(limit)], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        let mut events = Vec::new();
+        for row in rows {
+            let (seq, at, kind) = row?;
+            events.push(Event {
+                seq: seq as u64,
+                at,
+                kind: from_json(&kind)?,
+            });
+        }
+        events
+    };
+    tx.finish()?;
+    Ok(events)
+}
+
+const APPROVAL_COLUMNS: &str =
+    "SELECT id, run_id, agent, call, status, comment, created_at, decided_at FROM approvals";
+
+fn approval(r: &Row<'_>) -> rusqlite::Result<ApprovalRow> {
+    Ok(ApprovalRow {
+        id: r.get(0)?,
+        run_id: r.get(1)?,
+        agent: r.get(2)?,
+        call: r.get(3)?,
+        status: r.get(4)?,
+        comment: r.get(5)?,
+        created_at: r.get(6)?,
+        decided_at: r.get(7)?,
+    })
+}
+
+struct ApprovalRow {
+    id: String,
+    run_id: String,
+    agent: String,
+    call: String,
+    status: String,
+    comment: Option<String>,
+    created_at: Millis,
+    decided_at: Option<Millis>,
+}
+
+impl ApprovalRow {
+    fn decode(self) -> Result<Approval> {
+        let corrupt = |what: &str| StoreError::Backend(format!("corrupt stored approval {what}"));
+        Ok(Approval {
+            id: ApprovalId::parse(&self.id).map_err(|_| corrupt("id"))?,
+            run_id: RunId::parse(&self.run_id).map_err(|_| corrupt("run id"))?,
+            agent: self.agent,
+            call: from_json(&self.call)?,
+            status: ApprovalStatus::parse(&self.status).ok_or_else(|| corrupt("status"))?,
+            comment: self.comment,
+            created_at: self.created_at,
+            decided_at: self.decided_at,
+        })
+    }
+}
+
+pub(super) fn get_approval(
+    conn: &mut Connection,
+    scope: &Scope,
+    run_id: &RunId,
+    id: &ApprovalId,
+) -> Result<Option<Approval>> {
+    let mut q = Query::new(APPROVAL_COLUMNS, scope);
+    q.and("id = ?", Value::Text(id.to_string()));
+    q.and("run_id = ?", Value::Text(run_id.to_string()));
+    let row = conn
+        .prepare_cached(&q.sql)?
+        .query_row(params_from_iter(q.args), approval)
+        .optional()?;
+    row.map(ApprovalRow::decode).transpose()
+}
+
+pub(super) fn list_approvals(
+    conn: &mut Connection,
+    scope: &Scope,
+    status: Option<ApprovalStatus>,
+    cursor: Option<&ApprovalId>,
+    limit: u32,
+) -> Result<Page<Approval>> {
+    let mut q = Query::new(APPROVAL_COLUMNS, scope);
+    if let Some(status) = status {
+        q.and("status = ?", Value::Text(status.as_str().to_owned()));
+    }
+    if let Some(cursor) = cursor {
+        q.and("id > ?", Value::Text(cursor.to_string()));
+    }
+    q.sql.push_str(" ORDER BY id LIMIT ?");
+    q.args.push(Value::Integer(i64::from(limit) + 1));
+    let rows = conn
+        .prepare_cached(&q.sql)?
+        .query_map(params_from_iter(q.args), approval)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let approvals = rows
+        .into_iter()
+        .map(ApprovalRow::decode)
+        .collect::<Result<Vec<_>>>()?;
+    Ok(page(approvals, limit, |a| a.id.to_string()))
+}

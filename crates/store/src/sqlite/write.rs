@@ -1,0 +1,541 @@
+//! The writer thread and every operation that changes the database.
+//!
+//! Each operation runs inside the batch transaction, in its own savepoint; it must not commit.
+//! Nothing here may be observed before the batch commits: answers and notifications wait for
+//! [`run`] to finish the batch.
+
+use super::{from_json, scope_params, to_json};
+use crate::{AgentRecord, Append, Claimed, Committed, Result, StoreError};
+use paddock_types::api::{AgentDefinition, ApprovalStatus, Run};
+use paddock_types::event::ApprovalDecision;
+use paddock_types::ids::EndUserId;
+use paddock_types::time::now_ms;
+use paddock_types::{
+    ApprovalId, Event, EventKind, NewEvent, OrgId, RunId, Scope, ToolCall, WorkspaceId,
+};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use tokio::sync::{broadcast, oneshot};
+
+/// One queued write operation and the caller waiting for it.
+pub(super) trait Job: Send {
+    /// Runs the operation on the open transaction; false if it failed (its savepoint is then
+    /// rolled back and the other operations of the batch go on).
+    fn run(&mut self, conn: &Connection) -> bool;
+    /// Replaces the outcome with a failure: the batch could not be committed.
+    fn fail(&mut self, msg: &str);
+    /// What to announce once the batch is durable.
+    fn committed(&self) -> Option<Committed>;
+    /// Answers the caller (who may have gone away; that is fine).
+    fn reply(self: Box<Self>);
+}
+
+struct Pending<T, F> {
+    work: Option<F>,
+    outcome: Option<Result<T>>,
+    note: Option<Committed>,
+    reply: oneshot::Sender<Result<T>>,
+}
+
+/// Wraps an operation and its reply channel as a [`Job`] for the writer.
+pub(super) fn pending<T, F>(work: F, reply: oneshot::Sender<Result<T>>) -> Box<dyn Job>
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection) -> Result<(T, Option<Committed>)> + Send + 'static,
+{
+    Box::new(Pending {
+        work: Some(work),
+        outcome: None,
+        note: None,
+        reply,
+    })
+}
+
+impl<T, F> Job for Pending<T, F>
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection) -> Result<(T, Option<Committed>)> + Send + 'static,
+{
+    fn run(&mut self, conn: &Connection) -> bool {
+        let Some(work) = self.work.take() else {
+            return false;
+        };
+        match work(conn) {
+            Ok((value, note)) => {
+                self.outcome = Some(Ok(value));
+                self.note = note;
+                true
+            }
+            Err(e) => {
+                self.outcome = Some(Err(e));
+                false
+            }
+        }
+    }
+
+    fn fail(&mut self, msg: &str) {
+        self.outcome = Some(Err(StoreError::Backend(msg.to_owned())));
+        self.note = None;
+    }
+
+    fn committed(&self) -> Option<Committed> {
+        self.note.clone()
+    }
+
+    fn reply(self: Box<Self>) {
+        let outcome = self.outcome.unwrap_or_else(|| {
+            Err(StoreError::Backend(
+                "the store operation failed unexpectedly".to_owned(),
+            ))
+        });
+        let _ = self.reply.send(outcome);
+    }
+}
+
+/// The writer loop: blocks for one job, takes whatever else is already queued, commits it all
+/// at once. Returns when every sender is gone (the store was dropped).
+pub(super) fn run(
+    conn: &mut Connection,
+    queue: &mpsc::Receiver<Box<dyn Job>>,
+    notify: &broadcast::Sender<Committed>,
+    commits: &AtomicU64,
+) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = Vec::with_capacity(16);
+        batch.push(first);
+        while batch.len() < super::MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        commit_batch(conn, &mut batch, notify, commits);
+        for job in batch {
+            job.reply();
+        }
+    }
+}
+
+fn commit_batch(
+    conn: &mut Connection,
+    batch: &mut [Box<dyn Job>],
+    notify: &broadcast::Sender<Committed>,
+    commits: &AtomicU64,
+) {
+    let outcome = (|| -> rusqlite::Result<()> {
+        let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for job in batch.iter_mut() {
+            let sp = tx.savepoint()?;
+            // A panicking operation must not take the writer (and so the whole store) down.
+            let ok = std::panic::catch_unwind(AssertUnwindSafe(|| job.run(&sp))).unwrap_or(false);
+            if ok {
+                sp.commit()?;
+            } else {
+                // Rolls back to the savepoint and releases it. If even that fails the
+                // transaction's state is unknown, so the whole batch fails.
+                sp.finish()?;
+            }
+        }
+        tx.commit()
+    })();
+    match outcome {
+        Ok(()) => {
+            commits.fetch_add(1, Ordering::Relaxed);
+            tracing::trace!(ops = batch.len(), "store batch committed");
+            for note in batch.iter().filter_map(|job| job.committed()) {
+                // No subscribers is not an error.
+                let _ = notify.send(note);
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, ops = batch.len(), "store batch failed to commit");
+            let msg = format!("commit failed: {e}");
+            for job in batch.iter_mut() {
+                job.fail(&msg);
+            }
+        }
+    }
+}
+
+pub(super) fn put_agent(
+    conn: &Connection,
+    scope: &Scope,
+    def: AgentDefinition,
+) -> Result<AgentRecord> {
+    let (org, ws, _) = scope_params(scope);
+    let name = def.manifest.name.as_str();
+    let version = def.manifest.version.to_string();
+    let existing = conn
+        .prepare_cached(
+            "SELECT definition, created_at FROM agents
+             WHERE org = ?1 AND workspace = ?2 AND name = ?3 AND version = ?4",
+        )?
+        .query_row(params![org, ws, name, version], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })
+        .optional()?;
+    if let Some((stored, created_at)) = existing {
+        // Compare values, not text: the same definition must match however it was encoded.
+        let stored: AgentDefinition = from_json(&stored)?;
+        return if stored == def {
+            Ok(AgentRecord {
+                definition: stored,
+                created_at,
+            })
+        } else {
+            Err(StoreError::AgentVersionExists {
+                name: name.to_owned(),
+                version,
+            })
+        };
+    }
+    let created_at = now_ms();
+    conn.prepare_cached(
+        "INSERT INTO agents (org, workspace, name, version, definition, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![org, ws, name, version, to_json(&def)?, created_at])?;
+    Ok(AgentRecord {
+        definition: def,
+        created_at,
+    })
+}
+
+pub(super) fn create_run(
+    conn: &Connection,
+    scope: &Scope,
+    id: &RunId,
+    first: NewEvent,
+) -> Result<(Run, Option<Committed>)> {
+    let first = Event {
+        seq: 1,
+        at: first.at,
+        kind: first.kind,
+    };
+    let run = Run::from_created(id.clone(), &first).ok_or_else(|| {
+        StoreError::Backend(format!(
+            "the first event of a run must be run_created, not {}",
+            first.kind.type_name()
+        ))
+    })?;
+    let (org, ws, end_user) = scope_params(scope);
+    let taken = conn
+        .prepare_cached("SELECT 1 FROM runs WHERE id = ?1")?
+        .exists(params![id.as_str()])?;
+    if taken {
+        return Err(StoreError::Backend(format!("run {id} already exists")));
+    }
+    conn.prepare_cached(
+        "INSERT INTO runs (id, org, workspace, end_user, agent, status, created_at, last_seq, run)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        id.as_str(),
+        org,
+        ws,
+        end_user,
+        run.agent,
+        run.status.as_str(),
+        run.created_at,
+        run.last_seq as i64,
+        to_json(&run)?,
+    ])?;
+    insert_event(conn, id, &first)?;
+    let note = committed(&run);
+    Ok((run, Some(note)))
+}
+
+pub(super) fn append(
+    conn: &Connection,
+    scope: &Scope,
+    batch: Append,
+) -> Result<(Run, Option<Committed>)> {
+    let (run, end_user) =
+        load_run(conn, scope, &batch.run_id)?.ok_or(StoreError::NotFound("run"))?;
+    append_events(
+        conn,
+        scope,
+        run,
+        end_user.as_deref(),
+        batch.expected_seq,
+        batch.events,
+    )
+}
+
+pub(super) fn decide_approval(
+    conn: &Connection,
+    scope: &Scope,
+    run_id: &RunId,
+    approval_id: &ApprovalId,
+    decision: ApprovalDecision,
+    comment: Option<String>,
+) -> Result<(Run, Option<Committed>)> {
+    let (org, ws, end_user) = scope_params(scope);
+    let approval = conn
+        .prepare_cached(
+            "SELECT status, call FROM approvals
+             WHERE id = ?1 AND run_id = ?2 AND org = ?3 AND workspace = ?4
+               AND (?5 IS NULL OR end_user = ?5)",
+        )?
+        .query_row(
+            params![approval_id.as_str(), run_id.as_str(), org, ws, end_user],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+        )
+        .optional()?;
+    let Some((status, call)) = approval else {
+        return Err(StoreError::NotFound("approval"));
+    };
+    if status != ApprovalStatus::Pending.as_str() {
+        return Err(StoreError::AlreadyDecided);
+    }
+    let call: ToolCall = from_json(&call)?;
+    let (run, run_end_user) = load_run(conn, scope, run_id)?.ok_or(StoreError::NotFound("run"))?;
+    // The approval row itself is updated by the projection of the event.
+    let event = NewEvent::now(EventKind::ApprovalDecided {
+        approval_id: approval_id.clone(),
+        call_id: call.id,
+        decision,
+        comment,
+    });
+    append_events(conn, scope, run, run_end_user.as_deref(), None, vec![event])
+}
+
+/// Leases the oldest runs a worker may take: queued or running, with no live lease. Waiting and
+/// finished runs are never handed out.
+pub(super) fn claim(
+    conn: &Connection,
+    worker: &str,
+    lease_ms: i64,
+    limit: u32,
+) -> Result<Vec<Claimed>> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let now = now_ms();
+    let rows = conn
+        .prepare_cached(
+            "SELECT id, org, workspace, end_user FROM runs
+             WHERE status IN ('queued', 'running')
+               AND (lease_until IS NULL OR lease_until < ?1)
+             ORDER BY id LIMIT ?2",
+        )?
+        .query_map(params![now, i64::from(limit)], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut lease =
+        conn.prepare_cached("UPDATE runs SET lease_owner = ?2, lease_until = ?3 WHERE id = ?1")?;
+    let until = now.saturating_add(lease_ms);
+    let mut claimed = Vec::with_capacity(rows.len());
+    for (id, org, ws, end_user) in rows {
+        lease.execute(params![id, worker, until])?;
+        claimed.push(Claimed {
+            scope: Scope {
+                org: OrgId::parse(&org).map_err(corrupt)?,
+                workspace: WorkspaceId::parse(&ws).map_err(corrupt)?,
+                end_user: end_user
+                    .as_deref()
+                    .map(EndUserId::parse)
+                    .transpose()
+                    .map_err(corrupt)?,
+            },
+            run_id: RunId::parse(&id).map_err(corrupt)?,
+        });
+    }
+    Ok(claimed)
+}
+
+/// Extends the leases `worker` still holds; returns the runs it lost (taken over, finished, or
+/// released).
+pub(super) fn renew(
+    conn: &Connection,
+    worker: &str,
+    runs: &[RunId],
+    lease_ms: i64,
+) -> Result<Vec<RunId>> {
+    let until = now_ms().saturating_add(lease_ms);
+    let mut extend = conn.prepare_cached(
+        "UPDATE runs SET lease_until = ?3
+         WHERE id = ?1 AND lease_owner = ?2
+           AND status NOT IN ('succeeded', 'failed', 'cancelled', 'timed_out')",
+    )?;
+    let mut lost = Vec::new();
+    for id in runs {
+        if extend.execute(params![id.as_str(), worker, until])? == 0 {
+            lost.push(id.clone());
+        }
+    }
+    Ok(lost)
+}
+
+pub(super) fn release(conn: &Connection, worker: &str, run_id: &RunId) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE runs SET lease_owner = NULL, lease_until = NULL
+         WHERE id = ?1 AND lease_owner = ?2",
+    )?
+    .execute(params![run_id.as_str(), worker])?;
+    Ok(())
+}
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(format!("corrupt stored id: {e}"))
+}
+
+fn committed(run: &Run) -> Committed {
+    Committed {
+        run_id: run.id.clone(),
+        last_seq: run.last_seq,
+        status: run.status,
+    }
+}
+
+/// The run's projection and end-user, if the run exists in `scope`. One primary-key lookup,
+/// whatever the journal's length.
+fn load_run(conn: &Connection, scope: &Scope, id: &RunId) -> Result<Option<(Run, Option<String>)>> {
+    let (org, ws, end_user) = scope_params(scope);
+    let row = conn
+        .prepare_cached(
+            "SELECT run, end_user FROM runs
+             WHERE id = ?1 AND org = ?2 AND workspace = ?3 AND (?4 IS NULL OR end_user = ?4)",
+        )?
+        .query_row(params![id.as_str(), org, ws, end_user], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+        })
+        .optional()?;
+    row.map(|(run, end_user)| Ok((from_json::<Run>(&run)?, end_user)))
+        .transpose()
+}
+
+fn insert_event(conn: &Connection, run_id: &RunId, ev: &Event) -> Result<()> {
+    conn.prepare_cached("INSERT INTO events (run_id, seq, at, kind) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![
+            run_id.as_str(),
+            ev.seq as i64,
+            ev.at,
+            to_json(&ev.kind)?
+        ])?;
+    Ok(())
+}
+
+/// Appends `events` after the run's last seq and keeps the run row and the approvals in step.
+/// Costs one write per event plus one run-row update, whatever the journal's length.
+fn append_events(
+    conn: &Connection,
+    scope: &Scope,
+    mut run: Run,
+    end_user: Option<&str>,
+    expected_seq: Option<u64>,
+    events: Vec<NewEvent>,
+) -> Result<(Run, Option<Committed>)> {
+    if run.status.is_terminal() {
+        return Err(StoreError::Terminal(run.status));
+    }
+    if let Some(expected) = expected_seq
+        && expected != run.last_seq
+    {
+        return Err(StoreError::Conflict {
+            expected,
+            actual: run.last_seq,
+        });
+    }
+    if events.is_empty() {
+        return Ok((run, None));
+    }
+    for new in events {
+        // A batch may end a run but not go on after the end.
+        if run.status.is_terminal() {
+            return Err(StoreError::Terminal(run.status));
+        }
+        let ev = Event {
+            seq: run.last_seq + 1,
+            at: new.at,
+            kind: new.kind,
+        };
+        run.apply(&ev);
+        insert_event(conn, &run.id, &ev)?;
+        project_approval(conn, scope, &run, end_user, &ev)?;
+    }
+    let terminal = run.status.is_terminal();
+    if terminal {
+        // Nobody can act on an approval of a finished run any more.
+        conn.prepare_cached(
+            "UPDATE approvals SET status = 'expired' WHERE run_id = ?1 AND status = 'pending'",
+        )?
+        .execute(params![run.id.as_str()])?;
+    }
+    // A finished run needs no worker: drop its lease so it never shows up as held.
+    conn.prepare_cached(
+        "UPDATE runs SET status = ?2, last_seq = ?3, run = ?4,
+           lease_owner = CASE WHEN ?5 THEN NULL ELSE lease_owner END,
+           lease_until = CASE WHEN ?5 THEN NULL ELSE lease_until END
+         WHERE id = ?1",
+    )?
+    .execute(params![
+        run.id.as_str(),
+        run.status.as_str(),
+        run.last_seq as i64,
+        to_json(&run)?,
+        terminal,
+    ])?;
+    let note = committed(&run);
+    Ok((run, Some(note)))
+}
+
+fn project_approval(
+    conn: &Connection,
+    scope: &Scope,
+    run: &Run,
+    end_user: Option<&str>,
+    ev: &Event,
+) -> Result<()> {
+    match &ev.kind {
+        EventKind::ApprovalRequested { approval_id, call } => {
+            conn.prepare_cached(
+                "INSERT INTO approvals
+                   (id, run_id, org, workspace, end_user, agent, call, status, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8)",
+            )?
+            .execute(params![
+                approval_id.as_str(),
+                run.id.as_str(),
+                scope.org.as_str(),
+                scope.workspace.as_str(),
+                end_user,
+                run.agent,
+                to_json(call)?,
+                ev.at,
+            ])?;
+        }
+        EventKind::ApprovalDecided {
+            approval_id,
+            decision,
+            comment,
+            ..
+        } => {
+            let status = match decision {
+                ApprovalDecision::Approve => ApprovalStatus::Approved,
+                ApprovalDecision::Deny => ApprovalStatus::Denied,
+            };
+            conn.prepare_cached(
+                "UPDATE approvals SET status = ?3, comment = ?4, decided_at = ?5
+                 WHERE id = ?1 AND run_id = ?2",
+            )?
+            .execute(params![
+                approval_id.as_str(),
+                run.id.as_str(),
+                status.as_str(),
+                comment,
+                ev.at,
+            ])?;
+        }
+        _ => {}
+    }
+    Ok(())
+}

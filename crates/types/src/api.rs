@@ -1,0 +1,227 @@
+//! HTTP API wire types shared by the server, the engine and the CLI client.
+
+use crate::event::ApprovalDecision;
+use crate::ids::{ApprovalId, RunId};
+use crate::manifest::AgentManifest;
+use crate::message::ToolCall;
+use crate::run::{RunError, RunStatus};
+use crate::time::Millis;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// `POST /v1/runs`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRun {
+    pub agent: String,
+    #[serde(default)]
+    pub input: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Value>,
+}
+
+/// Totals over a run's model and tool calls.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunUsage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_usd: f64,
+    pub model_calls: u32,
+    /// Transport retries plus calls re-issued after a crash.
+    pub model_retries: u32,
+    pub tool_calls: u32,
+}
+
+/// A run as the API shows it (the store's projection of the journal).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    pub id: RunId,
+    pub agent: String,
+    pub agent_version: String,
+    pub status: RunStatus,
+    pub input: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<RunError>,
+    #[serde(default)]
+    pub metadata: Value,
+    pub usage: RunUsage,
+    /// Sequence number of the last journal event.
+    pub last_seq: u64,
+    #[serde(with = "crate::time::serde_rfc3339")]
+    pub created_at: Millis,
+    #[serde(with = "crate::time::serde_rfc3339")]
+    pub updated_at: Millis,
+}
+
+/// A page of a listing. `next_cursor` is opaque; pass it back as `?cursor=`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Page<T> {
+    pub data: Vec<T>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalStatus {
+    Pending,
+    Approved,
+    Denied,
+    /// The run ended (cancelled, timed out) before anyone decided.
+    Expired,
+}
+
+impl ApprovalStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalStatus::Pending => "pending",
+            ApprovalStatus::Approved => "approved",
+            ApprovalStatus::Denied => "denied",
+            ApprovalStatus::Expired => "expired",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Pending, Self::Approved, Self::Denied, Self::Expired]
+            .into_iter()
+            .find(|a| a.as_str() == s)
+    }
+}
+
+/// A human approval of one tool call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Approval {
+    pub id: ApprovalId,
+    pub run_id: RunId,
+    pub agent: String,
+    pub call: ToolCall,
+    pub status: ApprovalStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    #[serde(with = "crate::time::serde_rfc3339")]
+    pub created_at: Millis,
+    #[serde(
+        default,
+        with = "crate::time::serde_rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub decided_at: Option<Millis>,
+}
+
+/// `POST /v1/runs/{id}/approvals/{approval_id}`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecideApproval {
+    pub decision: ApprovalDecision,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+/// An agent package: the manifest (with schemas inline) and the prompt template. This is the
+/// body of `PUT /v1/agents/{name}` and what `GET /v1/agents/{name}` returns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentDefinition {
+    pub manifest: AgentManifest,
+    pub prompt: String,
+}
+
+/// RFC 9457 problem details, with Paddock's stable `code`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub type_uri: String,
+    pub title: String,
+    pub status: u16,
+    pub code: String,
+    pub detail: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+}
+
+impl Run {
+    /// Starts the projection from a run's first event. `None` if `first` is not `run_created`.
+    pub fn from_created(id: RunId, first: &crate::Event) -> Option<Self> {
+        let crate::EventKind::RunCreated {
+            agent,
+            agent_version,
+            input,
+            metadata,
+            ..
+        } = &first.kind
+        else {
+            return None;
+        };
+        Some(Self {
+            id,
+            agent: agent.clone(),
+            agent_version: agent_version.clone(),
+            status: RunStatus::Queued,
+            input: input.clone(),
+            output: None,
+            error: None,
+            metadata: metadata.clone(),
+            usage: RunUsage::default(),
+            last_seq: first.seq,
+            created_at: first.at,
+            updated_at: first.at,
+        })
+    }
+
+    /// Folds one more journal event into the projection. Every store backend keeps its run rows
+    /// with this function, so the API view is always a pure function of the journal.
+    pub fn apply(&mut self, ev: &crate::Event) {
+        use crate::EventKind as K;
+        self.last_seq = ev.seq;
+        self.updated_at = ev.at;
+        match &ev.kind {
+            K::RunCreated { .. } => {}
+            K::RunStarted { .. } => self.status = RunStatus::Running,
+            K::ModelRequested { reissue, .. } => {
+                if *reissue {
+                    self.usage.model_retries += 1;
+                }
+            }
+            K::ModelResponded {
+                response,
+                cost_usd,
+                retries,
+                ..
+            } => {
+                self.usage.model_calls += 1;
+                self.usage.model_retries += retries;
+                self.usage.input_tokens += response.usage.input_tokens;
+                self.usage.output_tokens += response.usage.output_tokens;
+                self.usage.cost_usd += cost_usd;
+            }
+            K::ToolCallCompleted { .. } => self.usage.tool_calls += 1,
+            K::ApprovalDecided { .. } => self.status = RunStatus::Queued,
+            K::RunWaiting { .. } => self.status = RunStatus::Waiting,
+            K::RunSucceeded { output } => {
+                self.status = RunStatus::Succeeded;
+                self.output = Some(output.clone());
+            }
+            K::RunFailed { error } => {
+                self.status = RunStatus::Failed;
+                self.error = Some(error.clone());
+            }
+            K::RunTimedOut { error } => {
+                self.status = RunStatus::TimedOut;
+                self.error = Some(error.clone());
+            }
+            K::RunCancelled { reason } => {
+                self.status = RunStatus::Cancelled;
+                self.error = Some(RunError::new(
+                    crate::ErrorCode::Cancelled,
+                    reason.clone().unwrap_or_else(|| "cancelled".to_owned()),
+                ));
+            }
+            K::PolicyDecided { .. }
+            | K::ApprovalRequested { .. }
+            | K::ToolCallStarted { .. }
+            | K::OutputValidated { .. } => {}
+        }
+    }
+}

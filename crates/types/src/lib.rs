@@ -1,0 +1,19 @@
+//! Paddock's shared vocabulary: ids, the tenant [`Scope`], run statuses and error codes, journal
+//! events, conversation messages, agent manifests and API wire types.
+//!
+//! This crate owns no behaviour beyond parsing and validation and must not do I/O: every other
+//! crate depends on it, so it stays small and fast to compile.
+
+pub mod api;
+pub mod event;
+pub mod ids;
+pub mod manifest;
+pub mod message;
+pub mod run;
+pub mod time;
+
+pub use event::{Event, EventKind, NewEvent};
+pub use ids::{ApprovalId, OrgId, RunId, Scope, WorkspaceId};
+pub use manifest::{AgentManifest, ManifestError};
+pub use message::{Message, ModelResponse, ToolCall, ToolSpec, Usage};
+pub use run::{ErrorCode, RunError, RunStatus};

@@ -1,0 +1,358 @@
+//! Agent manifests (`agent.toml`): parsing and the validation that does not need I/O.
+//!
+//! An agent is a folder with `agent.toml` and `prompt.md` (a minijinja template over the run
+//! input), plus optional `input.schema.json` / `output.schema.json`. Loading the folder is the
+//! harness's job; this module only turns text into a checked [`AgentManifest`].
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// A manifest problem: which field and why. `field` is a dotted path (`limits.max_steps`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ManifestError {
+    pub field: String,
+    pub message: String,
+}
+
+impl ManifestError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentManifest {
+    pub name: String,
+    /// Semantic version of the agent package.
+    pub version: semver::Version,
+    #[serde(default)]
+    pub description: String,
+    pub model: ModelSettings,
+    #[serde(default)]
+    pub limits: Limits,
+    /// Enabled tools by name. A tool not listed here is not offered to the model.
+    #[serde(default)]
+    pub tools: BTreeMap<String, ToolRule>,
+    /// JSON Schema the run input must satisfy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_schema: Option<Value>,
+    /// JSON Schema the final answer must satisfy (then the answer must be JSON).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_schema: Option<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSettings {
+    /// A `[providers.<name>]` from the server config, or `scripted` (in-process).
+    pub provider: String,
+    /// The provider's model name.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
+    #[serde(default = "default_max_output_tokens")]
+    pub max_output_tokens: u32,
+}
+
+fn default_max_output_tokens() -> u32 {
+    4096
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Model calls plus tool calls.
+    #[serde(default = "default_max_steps")]
+    pub max_steps: u32,
+    /// Input plus output tokens over all model calls.
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: u64,
+    /// Active wall-clock time (time parked on an approval does not count), e.g. `"5m"`.
+    #[serde(default = "default_timeout", with = "humantime_duration")]
+    pub timeout: Duration,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cost_usd: Option<f64>,
+}
+
+fn default_max_steps() -> u32 {
+    100
+}
+fn default_max_tokens() -> u64 {
+    1_000_000
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(600)
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_steps: default_max_steps(),
+            max_tokens: default_max_tokens(),
+            timeout: default_timeout(),
+            max_cost_usd: None,
+        }
+    }
+}
+
+/// Whether a tool call needs a human's approval before it runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Approval {
+    #[default]
+    Never,
+    Always,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolRule {
+    #[serde(default)]
+    pub approval: Approval,
+    /// Overrides the tool's own idempotency declaration (decides re-run after a crash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotent: Option<bool>,
+}
+
+mod humantime_duration {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        Secs(u64),
+        Text(String),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        match Repr::deserialize(d)? {
+            Repr::Secs(s) => Ok(Duration::from_secs(s)),
+            Repr::Text(t) => humantime::parse_duration(&t).map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "invalid duration {t:?}: {e} (use e.g. \"90s\", \"5m\" or a number of seconds)"
+                ))
+            }),
+        }
+    }
+}
+
+/// Agent names: lowercase letters, digits, `-` and `_`, starting with a letter or digit, at most
+/// 64 characters. They appear in URLs and folder names.
+pub fn validate_agent_name(name: &str) -> Result<(), ManifestError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ManifestError::new(
+            "name",
+            format!(
+                "{name:?} is not a valid agent name (lowercase letters, digits, '-' and '_', at most 64)"
+            ),
+        ))
+    }
+}
+
+impl AgentManifest {
+    /// Parses `agent.toml` text and checks what can be checked without I/O.
+    pub fn from_toml(text: &str) -> Result<Self, ManifestError> {
+        let m: AgentManifest = toml::from_str(text).map_err(|e| {
+            // toml's message names the key and the line; keep it on one line.
+            let msg = e.message().trim().to_owned();
+            let field = e
+                .span()
+                .map(|s| field_at(text, s.start))
+                .unwrap_or_else(|| "(manifest)".to_owned());
+            ManifestError::new(field, msg)
+        })?;
+        m.validate()?;
+        Ok(m)
+    }
+
+    /// Checks value ranges and names.
+    pub fn validate(&self) -> Result<(), ManifestError> {
+        validate_agent_name(&self.name)?;
+        if self.model.provider.trim().is_empty() {
+            return Err(ManifestError::new("model.provider", "must not be empty"));
+        }
+        if self.model.name.trim().is_empty() {
+            return Err(ManifestError::new("model.name", "must not be empty"));
+        }
+        if let Some(t) = self.model.temperature
+            && !(0.0..=2.0).contains(&t)
+        {
+            return Err(ManifestError::new(
+                "model.temperature",
+                format!("{t} is out of range 0.0..=2.0"),
+            ));
+        }
+        if let Some(p) = self.model.top_p
+            && !(0.0..=1.0).contains(&p)
+        {
+            return Err(ManifestError::new(
+                "model.top_p",
+                format!("{p} is out of range 0.0..=1.0"),
+            ));
+        }
+        if self.model.max_output_tokens == 0 {
+            return Err(ManifestError::new(
+                "model.max_output_tokens",
+                "must be at least 1",
+            ));
+        }
+        if self.limits.max_steps == 0 {
+            return Err(ManifestError::new("limits.max_steps", "must be at least 1"));
+        }
+        if self.limits.max_tokens == 0 {
+            return Err(ManifestError::new(
+                "limits.max_tokens",
+                "must be at least 1",
+            ));
+        }
+        if self.limits.timeout.is_zero() {
+            return Err(ManifestError::new("limits.timeout", "must be positive"));
+        }
+        if let Some(c) = self.limits.max_cost_usd
+            && !(c.is_finite() && c > 0.0)
+        {
+            return Err(ManifestError::new(
+                "limits.max_cost_usd",
+                "must be a positive number",
+            ));
+        }
+        for (field, schema) in [
+            ("input_schema", &self.input_schema),
+            ("output_schema", &self.output_schema),
+        ] {
+            if let Some(s) = schema
+                && !(s.is_object() || s.is_boolean())
+            {
+                return Err(ManifestError::new(
+                    field,
+                    "a JSON Schema must be an object or a boolean",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Best-effort dotted path of the TOML key at byte offset `pos`: the enclosing `[table]` plus
+/// the key on that line.
+fn field_at(text: &str, pos: usize) -> String {
+    let before = &text[..pos.min(text.len())];
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let line_end = text[line_start..]
+        .find('\n')
+        .map(|i| line_start + i)
+        .unwrap_or(text.len());
+    let line = text[line_start..line_end].trim();
+    let table = before[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && l.ends_with(']'))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+    let key = if line.starts_with('[') {
+        None
+    } else {
+        line.split('=').next().map(|k| k.trim().to_owned())
+    };
+    match (table, key) {
+        (Some(t), Some(k)) if !k.is_empty() => format!("{t}.{k}"),
+        (Some(t), _) => t,
+        (None, Some(k)) if !k.is_empty() => k,
+        _ => "(manifest)".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "notes"
+version = "1.2.0"
+description = "writes notes"
+
+[model]
+provider = "scripted"
+name = "demo"
+temperature = 0.2
+
+[limits]
+max_steps = 20
+timeout = "2m"
+
+[tools.write_file]
+approval = "always"
+
+[tools.read_file]
+"#;
+
+    #[test]
+    fn parses_a_good_manifest() {
+        let m = AgentManifest::from_toml(GOOD).unwrap();
+        assert_eq!(m.name, "notes");
+        assert_eq!(m.limits.max_steps, 20);
+        assert_eq!(m.limits.timeout, Duration::from_secs(120));
+        assert_eq!(m.limits.max_tokens, 1_000_000);
+        assert_eq!(m.tools["write_file"].approval, Approval::Always);
+        assert_eq!(m.tools["read_file"].approval, Approval::Never);
+    }
+
+    #[test]
+    fn names_the_field_of_a_type_error() {
+        let bad = GOOD.replace("max_steps = 20", "max_steps = \"many\"");
+        let e = AgentManifest::from_toml(&bad).unwrap_err();
+        assert_eq!(e.field, "limits.max_steps", "{e}");
+    }
+
+    #[test]
+    fn names_the_field_of_a_range_error() {
+        let bad = GOOD.replace("max_steps = 20", "max_steps = 0");
+        let e = AgentManifest::from_toml(&bad).unwrap_err();
+        assert_eq!(e.field, "limits.max_steps");
+        let bad = GOOD.replace("version = \"1.2.0\"", "version = \"one\"");
+        let e = AgentManifest::from_toml(&bad).unwrap_err();
+        assert_eq!(e.field, "version", "{e}");
+        let bad = GOOD.replace("approval = \"always\"", "approval = \"sometimes\"");
+        let e = AgentManifest::from_toml(&bad).unwrap_err();
+        assert_eq!(e.field, "tools.write_file.approval", "{e}");
+        let bad = GOOD.replace("name = \"notes\"", "name = \"Bad Name\"");
+        assert_eq!(AgentManifest::from_toml(&bad).unwrap_err().field, "name");
+        let bad = GOOD.replace("timeout = \"2m\"", "timeout = \"soon\"");
+        assert_eq!(
+            AgentManifest::from_toml(&bad).unwrap_err().field,
+            "limits.timeout"
+        );
+    }
+
+    #[test]
+    fn rejects_unknown_fields() {
+        let bad = GOOD.replace("[limits]", "[limits]\nmax_stepz = 3");
+        let e = AgentManifest::from_toml(&bad).unwrap_err();
+        assert!(e.to_string().contains("max_stepz"), "{e}");
+    }
+}
