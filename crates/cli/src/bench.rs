@@ -3,7 +3,7 @@
 //! engine and the real workspace tools. Prints one JSON object (`--output json`) or a table.
 
 use crate::Output;
-use crate::serve::open_engine;
+use crate::serve::{Tools, open_runtime};
 use anyhow::{Context, Result, bail};
 use paddock_engine::{Engine, EngineConfig};
 use paddock_types::api::{AgentDefinition, CreateRun};
@@ -83,7 +83,14 @@ async fn finish(engine: &Engine, scope: &Scope, id: &RunId) -> Result<()> {
 
 pub async fn bench(output: Output, waiting_runs: usize) -> Result<()> {
     let dir = tempfile::tempdir().context("cannot create a temporary data folder")?;
-    let engine = open_engine(dir.path(), &BTreeMap::new(), EngineConfig::default())?;
+    let engine = open_runtime(
+        dir.path(),
+        &BTreeMap::new(),
+        EngineConfig::default(),
+        Tools::InProcess,
+    )
+    .await?
+    .engine;
     let scope = Scope::default_workspace();
     engine.put_agent(&scope, agent(BENCH_AGENT)?).await?;
     engine.start();
@@ -128,12 +135,23 @@ pub async fn bench(output: Output, waiting_runs: usize) -> Result<()> {
     eprintln!("waiting runs: {waiting_runs} runs parked on an approval in a `paddock serve`…");
     let waiting_runs_peak_rss_mb = waiting_rss(waiting_runs).await?;
 
+    eprintln!("sandbox: spawn + `true` in the process tier, 200 times…");
+    let sandbox_spawn_ms_p50 = sandbox_spawn().await?;
+
+    eprintln!("egress: 2,000 GETs to a loopback upstream, direct and through the broker…");
+    let egress = paddock_egress::bench_overhead(2000)
+        .await
+        .context("egress benchmark")?;
+    let egress_added_ms_p50 = egress.added_ms_p50();
+
     let result = json!({
         "single_run_ms_per_step": round3(single_run_ms_per_step),
         "concurrent_runs_per_s": round3(concurrent_runs_per_s),
         "concurrent_ms_per_step": round3(concurrent_ms_per_step),
         "history_flatness_ratio": round3(history_flatness_ratio),
         "waiting_runs_peak_rss_mb": round3(waiting_runs_peak_rss_mb),
+        "sandbox_spawn_ms_p50": round3(sandbox_spawn_ms_p50),
+        "egress_added_ms_p50": round3(egress_added_ms_p50),
     });
     match output {
         Output::Json => println!("{result}"),
@@ -289,6 +307,18 @@ async fn waiting_rss(n: usize) -> Result<f64> {
     let _ = child.kill().await;
     let _ = Path::new(&dir.path());
     Ok(hwm_kb / 1024.0)
+}
+
+/// Median time to create a process-tier sandbox and run `true` in it (fresh namespaces, mounts,
+/// Landlock, seccomp and limits each time, as for every tool call).
+async fn sandbox_spawn() -> Result<f64> {
+    let helper = paddock_sandbox::HelperCommand::current_exe()?;
+    let driver = paddock_sandbox::ProcessDriver::new(helper)
+        .context("the process sandbox is not available on this host")?;
+    // Warm the page cache and the helper binary.
+    paddock_sandbox::bench_spawn(&driver, 10).await?;
+    let times = paddock_sandbox::bench_spawn(&driver, 200).await?;
+    Ok(paddock_sandbox::percentile(&times, 0.5).as_secs_f64() * 1000.0)
 }
 
 fn median(v: &mut [f64]) -> f64 {

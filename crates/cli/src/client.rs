@@ -54,6 +54,26 @@ pub enum RunsAction {
     Pending,
 }
 
+/// Sends a request to the server and returns its JSON answer (`Null` for an empty one); a
+/// problem+json answer becomes an error that shows its status, code and detail.
+pub async fn send(base: &str, req: reqwest::RequestBuilder) -> Result<serde_json::Value> {
+    let resp = req.send().await.with_context(|| {
+        format!("cannot reach the server at {base} (is `paddock serve` running?)")
+    })?;
+    let status = resp.status();
+    let body = resp.bytes().await?;
+    if !status.is_success() {
+        if let Ok(p) = serde_json::from_slice::<Problem>(&body) {
+            bail!("{} [{}]: {}", status.as_u16(), p.code, p.detail);
+        }
+        bail!("{status}: {}", String::from_utf8_lossy(&body));
+    }
+    if body.is_empty() {
+        return Ok(serde_json::Value::Null);
+    }
+    serde_json::from_slice(&body).context("server sent invalid JSON")
+}
+
 pub async fn runs(server: &str, action: RunsAction, output: Output) -> Result<ExitCode> {
     let base = server.trim_end_matches('/');
     let http = reqwest::Client::new();
@@ -109,19 +129,7 @@ pub async fn runs(server: &str, action: RunsAction, output: Output) -> Result<Ex
             .get(format!("{base}/v1/approvals"))
             .query(&[("status", "pending")]),
     };
-    let resp = req.send().await.with_context(|| {
-        format!("cannot reach the server at {base} (is `paddock serve` running?)")
-    })?;
-    let status = resp.status();
-    let body = resp.bytes().await?;
-    if !status.is_success() {
-        if let Ok(p) = serde_json::from_slice::<Problem>(&body) {
-            bail!("{} [{}]: {}", status.as_u16(), p.code, p.detail);
-        }
-        bail!("{status}: {}", String::from_utf8_lossy(&body));
-    }
-    let value: serde_json::Value =
-        serde_json::from_slice(&body).context("server sent invalid JSON")?;
+    let value = send(base, req).await?;
     if output == Output::Json {
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(ExitCode::SUCCESS);

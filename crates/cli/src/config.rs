@@ -21,6 +21,93 @@ pub struct Config {
     pub providers: BTreeMap<String, ProviderConfig>,
     #[serde(default)]
     pub engine: EngineSection,
+    #[serde(default)]
+    pub sandbox: SandboxSection,
+    #[serde(default)]
+    pub egress: EgressSection,
+}
+
+/// `[sandbox]`: where tools run.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxSection {
+    /// `process` (Linux namespaces; the default) or `none` (no isolation: development only).
+    #[serde(default = "default_tier")]
+    pub tier: String,
+    #[serde(default = "default_memory_mb")]
+    pub memory_mb: u64,
+    #[serde(default = "default_pids")]
+    pub pids: u32,
+    #[serde(default = "default_cpu_secs")]
+    pub cpu_secs: u64,
+    /// Longest a single tool call may run.
+    #[serde(default = "default_call_timeout_secs")]
+    pub call_timeout_secs: u64,
+    /// Per stream (stdout, stderr) returned to the model.
+    #[serde(default = "default_output_kb")]
+    pub output_kb: usize,
+    #[serde(default = "default_tmp_mb")]
+    pub tmp_mb: u64,
+    /// Largest file a tool may write.
+    #[serde(default = "default_file_mb")]
+    pub file_mb: u64,
+    /// Keep a run's workspace when it ends (under `<data_dir>/workspaces`) instead of deleting it.
+    #[serde(default)]
+    pub keep_workspaces: bool,
+}
+
+fn default_tier() -> String {
+    "process".to_owned()
+}
+fn default_memory_mb() -> u64 {
+    512
+}
+fn default_pids() -> u32 {
+    128
+}
+fn default_cpu_secs() -> u64 {
+    60
+}
+fn default_call_timeout_secs() -> u64 {
+    120
+}
+fn default_output_kb() -> usize {
+    64
+}
+fn default_tmp_mb() -> u64 {
+    64
+}
+fn default_file_mb() -> u64 {
+    256
+}
+
+impl Default for SandboxSection {
+    fn default() -> Self {
+        Self {
+            tier: default_tier(),
+            memory_mb: default_memory_mb(),
+            pids: default_pids(),
+            cpu_secs: default_cpu_secs(),
+            call_timeout_secs: default_call_timeout_secs(),
+            output_kb: default_output_kb(),
+            tmp_mb: default_tmp_mb(),
+            file_mb: default_file_mb(),
+            keep_workspaces: false,
+        }
+    }
+}
+
+/// `[egress]`: the broker's operator settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressSection {
+    /// `host:port` targets on loopback/private addresses that agents may reach anyway (off by
+    /// default: such addresses are refused even when an allow rule names the host).
+    #[serde(default)]
+    pub allow_private: Vec<String>,
+    /// PEM files of extra root certificates trusted for upstream TLS.
+    #[serde(default)]
+    pub extra_root_certs: Vec<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -81,6 +168,8 @@ pub fn load(file: Option<&Path>, o: &Overrides) -> Result<Config> {
                 let k = k.as_str().to_ascii_lowercase();
                 ["listen", "data_dir", "agents_dir"].contains(&k.as_str())
                     || k.starts_with("engine__")
+                    || k.starts_with("sandbox__")
+                    || k.starts_with("egress__")
                     || k.starts_with("providers__")
             })
             .split("__"),
@@ -97,6 +186,12 @@ pub fn load(file: Option<&Path>, o: &Overrides) -> Result<Config> {
     let cfg: Config = fig.extract().context("invalid configuration")?;
     if cfg.engine.max_concurrent_runs == 0 {
         anyhow::bail!("invalid configuration: engine.max_concurrent_runs must be at least 1");
+    }
+    if !["process", "none"].contains(&cfg.sandbox.tier.as_str()) {
+        anyhow::bail!(
+            "invalid configuration: sandbox.tier must be \"process\" or \"none\", not {:?}",
+            cfg.sandbox.tier
+        );
     }
     if cfg.engine.lease_secs < 3 {
         anyhow::bail!("invalid configuration: engine.lease_secs must be at least 3");

@@ -2,7 +2,7 @@
 //! event shown on stderr as it is committed.
 
 use crate::Output;
-use crate::serve::open_engine;
+use crate::serve::{Tools, open_runtime};
 use anyhow::{Context, Result};
 use paddock_engine::EngineConfig;
 use paddock_types::api::CreateRun;
@@ -32,7 +32,14 @@ pub async fn run(
             (Some(t), p)
         }
     };
-    let engine = open_engine(&data_dir, &cfg.providers, EngineConfig::default())?;
+    let engine = open_runtime(
+        &data_dir,
+        &cfg.providers,
+        EngineConfig::default(),
+        Tools::Sandboxed(&cfg.sandbox, &cfg.egress),
+    )
+    .await?
+    .engine;
     let scope = Scope::default_workspace();
     let agent = def.manifest.name.clone();
     engine.put_agent(&scope, def).await?;

@@ -6,6 +6,7 @@ mod bench;
 mod client;
 mod config;
 mod local;
+mod secrets;
 mod serve;
 
 use anyhow::Result;
@@ -77,6 +78,26 @@ enum Command {
         #[command(subcommand)]
         action: client::RunsAction,
     },
+    /// Manage a server's secrets (values are write-only)
+    Secrets {
+        /// Server URL
+        #[arg(long, env = "PADDOCK_SERVER", default_value = "http://127.0.0.1:8420")]
+        server: String,
+        #[arg(long, value_enum, default_value_t, global = true)]
+        output: Output,
+        #[command(subcommand)]
+        action: secrets::SecretsAction,
+    },
+    /// Vault key management on a data folder (with the server stopped)
+    Vault {
+        /// Data folder (default ./paddock-data)
+        #[arg(long, default_value = "./paddock-data")]
+        data_dir: PathBuf,
+        #[arg(long, value_enum, default_value_t, global = true)]
+        output: Output,
+        #[command(subcommand)]
+        action: secrets::VaultAction,
+    },
     /// Serve a fake model speaking the OpenAI and Anthropic wire formats
     MockLlm {
         #[arg(long, default_value = "127.0.0.1:8421")]
@@ -105,6 +126,10 @@ fn init_tracing(default: &str) {
 }
 
 fn main() -> std::process::ExitCode {
+    // The sandbox helper re-enters this binary; it must run before any thread exists.
+    if let Some(code) = paddock_sandbox::helper::maybe_run() {
+        return code;
+    }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -168,6 +193,19 @@ async fn dispatch(cli: Cli) -> Result<std::process::ExitCode> {
             output,
             action,
         } => client::runs(&server, action, output).await,
+        Command::Secrets {
+            server,
+            output,
+            action,
+        } => secrets::secrets(&server, action, output).await,
+        Command::Vault {
+            data_dir,
+            output,
+            action,
+        } => {
+            init_tracing("warn");
+            secrets::vault(&data_dir, action, output).await
+        }
         Command::MockLlm { listen, latency_ms } => {
             init_tracing("info");
             let listener = tokio::net::TcpListener::bind(listen).await?;

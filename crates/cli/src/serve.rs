@@ -1,13 +1,20 @@
 //! `paddock serve`, and the wiring shared with `paddock run` and `paddock bench`.
 
 use crate::config::{self, Config};
+use crate::config::{EgressSection, SandboxSection};
 use anyhow::{Context, Result};
+use paddock_egress::{Broker, BrokerConfig, CaPem, generate_ca};
+use paddock_engine::SandboxTools;
 use paddock_engine::{Engine, EngineConfig};
+use paddock_harness::ToolExecutor;
 use paddock_harness::WorkspaceTools;
 use paddock_models::{Models, ProviderConfig};
-use paddock_store::SqliteStore;
+use paddock_sandbox::{HelperCommand, Limits, NoneDriver, ProcessDriver, SandboxDriver};
+use paddock_store::{DynStore, SqliteStore};
 use paddock_types::Scope;
 use paddock_types::api::AgentDefinition;
+use paddock_types::{OrgId, WorkspaceId};
+use paddock_vault::Vault;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -32,22 +39,126 @@ pub fn demo_agent() -> Result<AgentDefinition> {
     })
 }
 
-/// Opens the store under `data_dir` and builds an engine over it (not started).
-pub fn open_engine(
+/// Everything a process needs to run agents over one data folder.
+pub struct Runtime {
+    pub engine: Arc<Engine>,
+    pub vault: Arc<Vault>,
+}
+
+/// Where a runtime's tools run.
+pub enum Tools<'a> {
+    /// In a sandbox per call, per `[sandbox]`, with egress per `[egress]`.
+    Sandboxed(&'a SandboxSection, &'a EgressSection),
+    /// The file tools in-process over the workspace folder, no sandbox and no network (the
+    /// benchmark, which measures the engine rather than process spawning).
+    InProcess,
+}
+
+/// Opens the store and the vault under `data_dir` and builds an engine over them (not started).
+pub async fn open_runtime(
     data_dir: &Path,
     providers: &BTreeMap<String, ProviderConfig>,
     engine: EngineConfig,
-) -> Result<Arc<Engine>> {
-    let store = SqliteStore::open(data_dir)
+    tools: Tools<'_>,
+) -> Result<Runtime> {
+    let store: DynStore = SqliteStore::open(data_dir)
         .with_context(|| format!("cannot open the data folder {}", data_dir.display()))?;
+    let vault = Arc::new(
+        Vault::open(Arc::clone(&store), data_dir)
+            .await
+            .context("cannot open the secret vault")?,
+    );
     let models = Models::new(providers).context("invalid [providers] configuration")?;
-    let tools = WorkspaceTools::new(data_dir.join("workspaces"));
-    Ok(Engine::new(
-        store,
-        Arc::new(models),
-        Arc::new(tools),
-        engine,
-    ))
+    let workspaces = data_dir.join("workspaces");
+    let tools: Arc<dyn ToolExecutor> = match tools {
+        Tools::InProcess => Arc::new(WorkspaceTools::new(workspaces)),
+        Tools::Sandboxed(sandbox, egress) => {
+            let driver = sandbox_driver(sandbox)?;
+            let broker = egress_broker(&vault, egress).await?;
+            Arc::new(SandboxTools::new(
+                driver,
+                broker,
+                Arc::clone(&vault),
+                workspaces,
+                sandbox_limits(sandbox),
+                sandbox.keep_workspaces,
+            ))
+        }
+    };
+    let engine = Engine::new(store, Arc::new(models), tools, engine);
+    Ok(Runtime { engine, vault })
+}
+
+fn sandbox_driver(cfg: &SandboxSection) -> Result<Arc<dyn SandboxDriver>> {
+    let driver: Arc<dyn SandboxDriver> = match cfg.tier.as_str() {
+        "none" => Arc::new(NoneDriver::new()),
+        _ => {
+            let helper =
+                HelperCommand::current_exe().context("cannot locate the paddock binary")?;
+            Arc::new(ProcessDriver::new(helper).context(
+                "the process sandbox is not available on this host; fix what is missing, or set \
+                 [sandbox] tier = \"none\" in paddock.toml to run tools WITHOUT isolation \
+                 (development only)",
+            )?)
+        }
+    };
+    tracing::info!(report = %driver.report(), "sandbox ready");
+    Ok(driver)
+}
+
+fn sandbox_limits(cfg: &SandboxSection) -> Limits {
+    Limits {
+        memory_bytes: cfg.memory_mb << 20,
+        pids: cfg.pids,
+        cpu_secs: cfg.cpu_secs,
+        wall: Duration::from_secs(cfg.call_timeout_secs),
+        output_bytes: cfg.output_kb << 10,
+        tmp_bytes: cfg.tmp_mb << 20,
+        file_bytes: cfg.file_mb << 20,
+        ..Limits::default()
+    }
+}
+
+/// Secrets of the platform itself live in a workspace no API key can name.
+fn internal_scope() -> Result<Scope> {
+    Ok(Scope {
+        org: OrgId::parse("org_paddock")?,
+        workspace: WorkspaceId::parse("ws_internal")?,
+        end_user: None,
+    })
+}
+
+const CA_KEY: &str = "paddock.egress-ca-key";
+const CA_CERT: &str = "paddock.egress-ca-cert";
+
+/// The broker, with the per-installation interception CA: created on first start, its private
+/// key kept in the vault.
+async fn egress_broker(vault: &Vault, cfg: &EgressSection) -> Result<Arc<Broker>> {
+    let scope = internal_scope()?;
+    let ca = match (
+        vault.get(&scope, CA_KEY).await?,
+        vault.get(&scope, CA_CERT).await?,
+    ) {
+        (Some(key), Some(cert)) => CaPem {
+            cert_pem: cert.expose().to_owned(),
+            key_pem: key.expose().to_owned(),
+        },
+        _ => {
+            let ca = generate_ca("Paddock egress CA").context("cannot create the egress CA")?;
+            vault.put(&scope, CA_CERT, &ca.cert_pem).await?;
+            vault.put(&scope, CA_KEY, &ca.key_pem).await?;
+            tracing::info!("created the egress broker's interception CA (key kept in the vault)");
+            ca
+        }
+    };
+    let mut broker = BrokerConfig::new(ca);
+    broker.allow_private = cfg.allow_private.clone();
+    for path in &cfg.extra_root_certs {
+        let pem = std::fs::read_to_string(path)
+            .with_context(|| format!("egress.extra_root_certs: cannot read {}", path.display()))?;
+        broker.extra_roots_pem.push(pem);
+    }
+    Broker::new(broker).context("invalid [egress] configuration")
 }
 
 /// Registers the bundled demo agent and every agent folder under `agents_dir`.
@@ -75,7 +186,7 @@ pub async fn register_agents(engine: &Engine, agents_dir: Option<&Path>) -> Resu
 
 pub async fn serve(file: Option<&Path>, o: &config::Overrides) -> Result<()> {
     let cfg: Config = config::load(file, o)?;
-    let engine = open_engine(
+    let Runtime { engine, vault } = open_runtime(
         &cfg.data_dir,
         &cfg.providers,
         EngineConfig {
@@ -83,7 +194,9 @@ pub async fn serve(file: Option<&Path>, o: &config::Overrides) -> Result<()> {
             lease: Duration::from_secs(cfg.engine.lease_secs),
             ..EngineConfig::default()
         },
-    )?;
+        Tools::Sandboxed(&cfg.sandbox, &cfg.egress),
+    )
+    .await?;
     let agents = register_agents(&engine, cfg.agents_dir.as_deref()).await?;
     engine.start();
     let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -97,6 +210,7 @@ pub async fn serve(file: Option<&Path>, o: &config::Overrides) -> Result<()> {
     );
     let app = paddock_server::router(paddock_server::AppState {
         engine: Arc::clone(&engine),
+        vault,
     });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())

@@ -173,7 +173,12 @@ pub(crate) async fn drive(
                 }
                 tracing::debug!(run_id = %run_id, call_id = %call.id, tool = %call.name, "tool executing");
                 let started = Instant::now();
-                let exec = engine.tools.execute(run_id, &call);
+                let ctx = paddock_harness::ToolContext {
+                    scope,
+                    run_id,
+                    agent: &agent,
+                };
+                let exec = engine.tools.execute(ctx, &call);
                 let out = match tokio::time::timeout_at(deadline.into(), exec).await {
                     Ok(out) => out,
                     Err(_) => {
@@ -181,6 +186,12 @@ pub(crate) async fn drive(
                         return j.flush().await;
                     }
                 };
+                for request in out.egress {
+                    j.push(EventKind::EgressRequest {
+                        call_id: call.id.clone(),
+                        request,
+                    });
+                }
                 j.push(EventKind::ToolCallCompleted {
                     call_id: call.id,
                     tool: call.name,

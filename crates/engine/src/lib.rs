@@ -12,6 +12,9 @@
 //! It must not know HTTP: the server calls [`Engine`]'s methods.
 
 mod drive;
+pub mod sandboxed;
+
+pub use sandboxed::SandboxTools;
 
 use paddock_harness::{Agent, AgentError, ToolExecutor};
 use paddock_models::Models;
@@ -232,6 +235,7 @@ impl Engine {
             metadata,
             system_prompt: rendered.system_prompt,
             user_message: rendered.user_message,
+            sandbox: self.tools.sandbox_tier().to_owned(),
         });
         let run = self.store.create_run(scope, &id, first).await?;
         self.wake.notify_one();
@@ -251,8 +255,11 @@ impl Engine {
                 },
             )
             .await?;
-        if let Some(token) = self.lock_active().get(id) {
-            token.cancel();
+        let active = self.lock_active().get(id).cloned();
+        match active {
+            // The worker notices, stops, and cleans up after itself.
+            Some(token) => token.cancel(),
+            None => self.tools.run_ended(id).await,
         }
         Ok(run)
     }
@@ -356,6 +363,13 @@ impl Engine {
             me.lock_active().remove(&run_id);
             if let Err(e) = &outcome {
                 tracing::warn!(run_id = %run_id, error = %e, "run stopped");
+            }
+            // Ended (by this worker, or cancelled under it): its tools' resources can go.
+            if !me.shutdown.is_cancelled()
+                && let Ok(Some(run)) = me.store.get_run(&scope, &run_id).await
+                && run.status.is_terminal()
+            {
+                me.tools.run_ended(&run_id).await;
             }
             // Hand the lease back unless the process is shutting down (then it expires and the
             // next process recovers the run).

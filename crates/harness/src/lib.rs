@@ -14,4 +14,4 @@ pub mod tools;
 pub use agent::{Agent, AgentError, LoadError, Rendered, load_all, load_dir};
 pub use state::RunState;
 pub use step::{Step, next_step};
-pub use tools::{ToolExecutor, ToolOutput, WorkspaceTools};
+pub use tools::{ToolContext, ToolExecutor, ToolOutput, WorkspaceTools};

@@ -203,6 +203,7 @@ impl RunState {
                     });
                 }
             }
+            EventKind::EgressRequest { .. } => {}
             EventKind::RunWaiting { .. } => self.close_activation(ev.at),
             EventKind::RunSucceeded { .. }
             | EventKind::RunFailed { .. }

@@ -294,6 +294,7 @@ mod machine {
                 metadata: json!({}),
                 system_prompt: "p".into(),
                 user_message: "{}".into(),
+                sandbox: "none".into(),
             });
             j.push(EventKind::RunStarted {
                 worker: "w".into(),

@@ -5,8 +5,10 @@
 //! that folder lexically (no absolute paths, no `..`), but it is not a sandbox: the sandboxed
 //! executor implements the same trait.
 
+use crate::agent::Agent;
 use async_trait::async_trait;
-use paddock_types::{RunId, ToolCall, ToolSpec};
+use paddock_types::event::EgressRecord;
+use paddock_types::{RunId, Scope, ToolCall, ToolSpec};
 use serde_json::{Value, json};
 use std::path::{Component, Path, PathBuf};
 
@@ -16,6 +18,8 @@ pub struct ToolOutput {
     pub content: String,
     /// The call failed; the model sees the content as an error and may try something else.
     pub is_error: bool,
+    /// Requests the call made through the egress broker, to be journaled with its result.
+    pub egress: Vec<EgressRecord>,
 }
 
 impl ToolOutput {
@@ -23,6 +27,7 @@ impl ToolOutput {
         Self {
             content: content.into(),
             is_error: false,
+            egress: Vec::new(),
         }
     }
 
@@ -30,15 +35,31 @@ impl ToolOutput {
         Self {
             content: content.into(),
             is_error: true,
+            egress: Vec::new(),
         }
     }
+}
+
+/// Who a tool call runs for: the tenant, the run and its agent (whose manifest holds the egress
+/// rules and credential bindings).
+#[derive(Clone, Copy)]
+pub struct ToolContext<'a> {
+    pub scope: &'a Scope,
+    pub run_id: &'a RunId,
+    pub agent: &'a Agent,
 }
 
 /// Runs tool calls for runs. A failure of the tool is an error *output* (the model is told), never
 /// a panic or a lost call.
 #[async_trait]
 pub trait ToolExecutor: Send + Sync + 'static {
-    async fn execute(&self, run_id: &RunId, call: &ToolCall) -> ToolOutput;
+    async fn execute(&self, ctx: ToolContext<'_>, call: &ToolCall) -> ToolOutput;
+
+    /// The sandbox tier calls run in, recorded on every run (`none`: no isolation).
+    fn sandbox_tier(&self) -> &'static str;
+
+    /// The run ended: release what its tools held (its workspace, unless kept for inspection).
+    async fn run_ended(&self, _run_id: &RunId) {}
 }
 
 struct Builtin {
@@ -68,6 +89,31 @@ const BUILTINS: &[Builtin] = &[
             json!({"type": "object", "additionalProperties": false, "required": ["path", "content"],
                    "properties": {"path": {"type": "string", "description": "path relative to the workspace"},
                                   "content": {"type": "string"}}})
+        },
+    },
+    Builtin {
+        name: "shell",
+        description: "Run a bash command in the run's sandbox, with /workspace as the working folder. \
+                      Returns the exit code and the (possibly truncated) stdout and stderr. \
+                      Network access goes through the egress proxy and only to allowed hosts.",
+        idempotent: false,
+        parameters: || {
+            json!({"type": "object", "additionalProperties": false, "required": ["command"],
+                   "properties": {"command": {"type": "string", "description": "passed to bash -c"},
+                                  "timeout_secs": {"type": "integer", "minimum": 1, "maximum": 600}}})
+        },
+    },
+    Builtin {
+        name: "http_request",
+        description: "Make an HTTP request to an allowed host, through the egress broker. \
+                      Credentials configured for the host are added by the platform.",
+        idempotent: false,
+        parameters: || {
+            json!({"type": "object", "additionalProperties": false, "required": ["url"],
+                   "properties": {"method": {"type": "string", "default": "GET"},
+                                  "url": {"type": "string"},
+                                  "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+                                  "body": {"type": "string"}}})
         },
     },
     Builtin {
@@ -122,7 +168,9 @@ impl WorkspaceTools {
         self.root.join(run_id.as_str())
     }
 
-    fn run(&self, run_id: &RunId, call: &ToolCall) -> Result<String, String> {
+    /// The file tools, run on the host. Only for the `none` tier and tests: a symlink the
+    /// run's own code planted in the workspace would be followed.
+    pub fn run(&self, run_id: &RunId, call: &ToolCall) -> Result<String, String> {
         let ws = self.workspace(run_id);
         std::fs::create_dir_all(&ws).map_err(|e| format!("cannot create the workspace: {e}"))?;
         let args = &call.arguments;
@@ -180,24 +228,29 @@ impl WorkspaceTools {
                 }
                 Ok(out)
             }
-            other => Err(format!("unknown tool {other}")),
+            other => Err(format!("tool {other} is not available without a sandbox")),
         }
     }
 }
 
 #[async_trait]
 impl ToolExecutor for WorkspaceTools {
-    async fn execute(&self, run_id: &RunId, call: &ToolCall) -> ToolOutput {
+    fn sandbox_tier(&self) -> &'static str {
+        "none"
+    }
+
+    async fn execute(&self, ctx: ToolContext<'_>, call: &ToolCall) -> ToolOutput {
         // Small local file operations: running them inline costs less than a thread hop, and the
         // sizes are capped above.
-        match self.run(run_id, call) {
+        match self.run(ctx.run_id, call) {
             Ok(out) => ToolOutput::ok(out),
             Err(e) => ToolOutput::error(e),
         }
     }
 }
 
-fn str_arg<'a>(args: &'a Value, name: &str) -> Result<&'a str, String> {
+/// A string argument of a tool call, or a message for the model saying what is wrong.
+pub fn str_arg<'a>(args: &'a Value, name: &str) -> Result<&'a str, String> {
     match args.get(name) {
         Some(Value::String(s)) => Ok(s),
         Some(_) => Err(format!("argument {name} must be a string")),
@@ -210,7 +263,7 @@ fn io_error(what: &str, e: std::io::Error) -> String {
 }
 
 /// Joins a model-given relative path to the workspace, refusing anything that could leave it.
-fn resolve(ws: &Path, rel: &str) -> Result<PathBuf, String> {
+pub fn resolve(ws: &Path, rel: &str) -> Result<PathBuf, String> {
     if rel.is_empty() || rel.len() > 4096 || rel.contains('\0') {
         return Err("invalid path".to_owned());
     }
@@ -234,6 +287,16 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
+    fn test_agent() -> Agent {
+        let toml =
+            "name = \"t\"\nversion = \"1.0.0\"\n[model]\nprovider = \"scripted\"\nname = \"m\"\n";
+        Agent::compile(paddock_types::api::AgentDefinition {
+            manifest: paddock_types::AgentManifest::from_toml(toml).unwrap(),
+            prompt: "p".into(),
+        })
+        .unwrap()
+    }
+
     fn call(name: &str, args: Value) -> ToolCall {
         ToolCall {
             id: "c".into(),
@@ -247,32 +310,55 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let tools = WorkspaceTools::new(dir.path());
         let run = RunId::new();
+        let agent = test_agent();
+        let scope = Scope::default_workspace();
+        fn ctx<'a>(scope: &'a Scope, run_id: &'a RunId, agent: &'a Agent) -> ToolContext<'a> {
+            ToolContext {
+                scope,
+                run_id,
+                agent,
+            }
+        }
         let w = tools
             .execute(
-                &run,
+                ctx(&scope, &run, &agent),
                 &call("write_file", json!({"path": "a/b.txt", "content": "hi"})),
             )
             .await;
         assert!(!w.is_error, "{w:?}");
         let r = tools
-            .execute(&run, &call("read_file", json!({"path": "a/b.txt"})))
+            .execute(
+                ctx(&scope, &run, &agent),
+                &call("read_file", json!({"path": "a/b.txt"})),
+            )
             .await;
         assert_eq!(r, ToolOutput::ok("hi"));
-        let l = tools.execute(&run, &call("list_files", json!({}))).await;
+        let l = tools
+            .execute(ctx(&scope, &run, &agent), &call("list_files", json!({})))
+            .await;
         assert_eq!(l, ToolOutput::ok("a/"));
         for bad in ["../x", "/etc/passwd", "a/../../x", ""] {
             let r = tools
-                .execute(&run, &call("read_file", json!({"path": bad})))
+                .execute(
+                    ctx(&scope, &run, &agent),
+                    &call("read_file", json!({"path": bad})),
+                )
                 .await;
             assert!(r.is_error, "{bad}: {r:?}");
         }
         let other = RunId::new();
         let r = tools
-            .execute(&other, &call("read_file", json!({"path": "a/b.txt"})))
+            .execute(
+                ctx(&scope, &other, &agent),
+                &call("read_file", json!({"path": "a/b.txt"})),
+            )
             .await;
         assert!(r.is_error, "another run's workspace is separate");
         let r = tools
-            .execute(&run, &call("write_file", json!({"path": 1})))
+            .execute(
+                ctx(&scope, &run, &agent),
+                &call("write_file", json!({"path": 1})),
+            )
             .await;
         assert!(r.is_error && r.content.contains("path"), "{r:?}");
     }

@@ -6,6 +6,7 @@ mod error;
 mod events;
 mod extract;
 mod openapi;
+mod secrets;
 
 pub use error::ApiError;
 
@@ -32,6 +33,7 @@ pub const MAX_WAIT_SECS: u64 = 60;
 #[derive(Clone)]
 pub struct AppState {
     pub engine: Arc<Engine>,
+    pub vault: Arc<paddock_vault::Vault>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -50,6 +52,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/approvals", get(list_approvals))
         .route("/v1/agents", get(list_agents))
         .route("/v1/agents/{name}", get(get_agent).put(put_agent))
+        .route("/v1/secrets", get(secrets::list_secrets))
+        .route(
+            "/v1/secrets/{name}",
+            axum::routing::put(secrets::put_secret).delete(secrets::delete_secret),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

@@ -96,9 +96,21 @@ pub fn document() -> Value {
                 "put": {"summary": "Register an agent version (versions are immutable: change content → bump version)",
                     "parameters": [param("name", "path", "agent name", json!({"type": "string"}))],
                     "requestBody": {"required": true, "content": {"application/json": {"schema": r("AgentDefinition")}}},
-                    "responses": with_errors(json_ok("200", "the registered agent", r("AgentDefinition")), &[400, 409, 413, 422])}}
+                    "responses": with_errors(json_ok("200", "the registered agent", r("AgentDefinition")), &[400, 409, 413, 422])}},
+            "/v1/secrets": {"get": {"summary": "List secrets (names and times; values are never returned)",
+                "responses": json_ok("200", "secrets", json!({"type": "object", "properties": {"data": {"type": "array", "items": r("SecretInfo")}}}))}},
+            "/v1/secrets/{name}": {
+                "put": {"summary": "Create or replace a secret (write-only: the value can never be read back over the API)",
+                    "parameters": [param("name", "path", "secret name: a letter, then letters, digits, '_', '-' or '.'", json!({"type": "string"}))],
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["value"], "additionalProperties": false, "properties": {"value": {"type": "string", "maxLength": 65536}}}}}},
+                    "responses": with_errors(json!({"200": {"description": "replaced", "content": {"application/json": {"schema": r("SecretInfo")}}},
+                                                    "201": {"description": "created", "content": {"application/json": {"schema": r("SecretInfo")}}}}), &[400, 413, 415, 422])},
+                "delete": {"summary": "Delete a secret", "parameters": [param("name", "path", "secret name", json!({"type": "string"}))],
+                    "responses": with_errors(json!({"204": {"description": "deleted"}}), &[404])}}
         },
         "components": {"schemas": {
+            "SecretInfo": {"type": "object", "required": ["name", "created_at", "updated_at"], "properties": {
+                "name": {"type": "string"}, "created_at": {"type": "string", "format": "date-time"}, "updated_at": {"type": "string", "format": "date-time"}}},
             "Problem": {"type": "object", "required": ["type", "title", "status", "code", "detail"], "properties": {
                 "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
                 "code": {"type": "string", "description": "stable machine-readable error code"}, "detail": {"type": "string"}}},
@@ -108,9 +120,9 @@ pub fn document() -> Value {
             "CreateRun": {"type": "object", "required": ["agent"], "additionalProperties": false, "properties": {
                 "agent": {"type": "string"}, "input": {"description": "checked against the agent's input schema"},
                 "metadata": {"type": "object"}}},
-            "Run": {"type": "object", "required": ["id", "agent", "agent_version", "status", "input", "usage", "last_seq", "created_at", "updated_at"], "properties": {
+            "Run": {"type": "object", "required": ["id", "agent", "agent_version", "status", "sandbox", "input", "usage", "last_seq", "created_at", "updated_at"], "properties": {
                 "id": {"type": "string"}, "agent": {"type": "string"}, "agent_version": {"type": "string"},
-                "status": r("RunStatus"), "input": {}, "output": {}, "metadata": {"type": "object"},
+                "status": r("RunStatus"), "sandbox": {"type": "string", "description": "sandbox tier of the run's tools: process, or none (no isolation)"}, "input": {}, "output": {}, "metadata": {"type": "object"},
                 "error": {"type": "object", "properties": {"code": r("ErrorCode"), "message": {"type": "string"}}},
                 "usage": {"type": "object", "properties": {"input_tokens": {"type": "integer"}, "output_tokens": {"type": "integer"},
                     "cost_usd": {"type": "number"}, "model_calls": {"type": "integer"}, "model_retries": {"type": "integer"}, "tool_calls": {"type": "integer"}}},
@@ -119,7 +131,7 @@ pub fn document() -> Value {
                 "seq": {"type": "integer"}, "at": {"type": "string", "format": "date-time"},
                 "type": {"type": "string", "enum": ["run_created", "run_started", "model_requested", "model_responded", "policy_decided",
                     "approval_requested", "approval_decided", "tool_call_started", "tool_call_completed", "output_validated",
-                    "run_waiting", "run_succeeded", "run_failed", "run_timed_out", "run_cancelled"]}},
+                    "egress_request", "run_waiting", "run_succeeded", "run_failed", "run_timed_out", "run_cancelled"]}},
                 "additionalProperties": true},
             "Approval": {"type": "object", "properties": {"id": {"type": "string"}, "run_id": {"type": "string"}, "agent": {"type": "string"},
                 "call": {"type": "object", "properties": {"id": {"type": "string"}, "name": {"type": "string"}, "arguments": {}}},

@@ -27,9 +27,14 @@
 //! workspace, a scope with one sees only that end-user's runs (agents are per workspace and seen
 //! by both); a resource of another scope is indistinguishable from a missing one; a batch may end
 //! a run but not continue after the end; deciding an expired approval is
-//! [`StoreError::AlreadyDecided`]; claim, renew and release publish nothing.
+//! [`StoreError::AlreadyDecided`]; claim, renew and release publish nothing. Secrets and data keys
+//! belong to the workspace (an end-user scope sees its workspace's); the store treats their bytes
+//! as opaque.
 
-use crate::{Append, Claimed, Committed, DynStore, RunFilter, Store, StoreError};
+use crate::{
+    Append, Claimed, Committed, DataKeyRecord, DynStore, Rewrap, RunFilter, SecretMeta,
+    SecretRecord, Store, StoreError,
+};
 use paddock_types::api::{AgentDefinition, ApprovalStatus, Run};
 use paddock_types::event::{ApprovalDecision, PolicyDecision};
 use paddock_types::ids::EndUserId;
@@ -83,6 +88,16 @@ pub const CHECKS: &[(&str, Check)] = &[
         Box::pin(subscribe_after_commit(s))
     }),
     ("concurrent_appends", |s| Box::pin(concurrent_appends(s))),
+    ("data_keys_insert_only", |s| {
+        Box::pin(data_keys_insert_only(s))
+    }),
+    ("data_key_rewrap_is_atomic", |s| {
+        Box::pin(data_key_rewrap_is_atomic(s))
+    }),
+    ("secrets_crud", |s| Box::pin(secrets_crud(s))),
+    ("secret_scope_isolation", |s| {
+        Box::pin(secret_scope_isolation(s))
+    }),
 ];
 
 /// Runs every check, each on a store from `fresh`; the second value `fresh` returns is dropped
@@ -180,6 +195,8 @@ pub fn agent(name: &str, version: &str, prompt: &str) -> Result<AgentDefinition,
             tools: BTreeMap::new(),
             input_schema: Some(json!({"type": "object"})),
             output_schema: None,
+            egress: Vec::new(),
+            credentials: Vec::new(),
         },
         prompt: prompt.to_owned(),
     })
@@ -194,7 +211,39 @@ pub fn created(agent: &str) -> NewEvent {
         metadata: json!({"team": "qa"}),
         system_prompt: "be brief".to_owned(),
         user_message: "why?".to_owned(),
+        sandbox: "process".to_owned(),
     })
+}
+
+/// A data key record; `master` names the master key and tells wrappings apart.
+pub fn data_key(key_id: u32, master: &str) -> DataKeyRecord {
+    DataKeyRecord {
+        key_id,
+        master_key_id: master.to_owned(),
+        wrapped: format!("wrapped {key_id} by {master}").into_bytes(),
+        nonce: vec![key_id as u8; 24],
+        created_at: 1_000,
+    }
+}
+
+/// A sealed secret record (the bytes are opaque to the store).
+pub fn sealed(name: &str, key_id: u32, ciphertext: &str, at: i64) -> SecretRecord {
+    SecretRecord {
+        name: name.to_owned(),
+        key_id,
+        nonce: vec![7; 24],
+        ciphertext: ciphertext.as_bytes().to_vec(),
+        created_at: at,
+        updated_at: at,
+    }
+}
+
+fn meta(s: &SecretRecord) -> SecretMeta {
+    SecretMeta {
+        name: s.name.clone(),
+        created_at: s.created_at,
+        updated_at: s.updated_at,
+    }
 }
 
 fn ev(kind: EventKind) -> NewEvent {
@@ -1252,5 +1301,295 @@ pub async fn concurrent_appends(store: DynStore) -> Outcome {
         }
     }
     ensure_eq!((won, lost), (1, 9));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Secrets and data keys
+
+/// Data keys are insert-only per (workspace, key id) and listed by key id; the cross-workspace
+/// listing names each key's workspace.
+pub async fn data_keys_insert_only(store: DynStore) -> Outcome {
+    let s = Scope::default_workspace();
+    ensure!(
+        store.data_keys(&s).await?.is_empty(),
+        "a new store has keys"
+    );
+    ensure!(
+        store.all_data_keys().await?.is_empty(),
+        "a new store has keys"
+    );
+
+    ensure!(
+        store.put_data_key(&s, data_key(2, "m1")).await?,
+        "key 2 not inserted"
+    );
+    ensure!(
+        store.put_data_key(&s, data_key(1, "m1")).await?,
+        "key 1 not inserted"
+    );
+    // A second key 1 (a racing creator) changes nothing.
+    ensure!(
+        !store.put_data_key(&s, data_key(1, "other")).await?,
+        "an existing key was overwritten"
+    );
+    ensure_eq!(
+        store.data_keys(&s).await?,
+        vec![data_key(1, "m1"), data_key(2, "m1")]
+    );
+
+    // An end-user scope sees its workspace's keys: secrets are per workspace.
+    let eu = scope_of("org_default", "ws_default", Some("eu_alice"))?;
+    ensure_eq!(store.data_keys(&eu).await?.len(), 2);
+
+    let other = scope_of("org_x", "ws_other", None)?;
+    ensure!(
+        store.data_keys(&other).await?.is_empty(),
+        "data keys leaked"
+    );
+    // Each workspace numbers its own keys.
+    ensure!(
+        store.put_data_key(&other, data_key(1, "m1")).await?,
+        "key 1 not inserted"
+    );
+    let all = store.all_data_keys().await?;
+    ensure_eq!(
+        all,
+        vec![
+            (s.clone(), data_key(1, "m1")),
+            (s.clone(), data_key(2, "m1")),
+            (other.clone(), data_key(1, "m1")),
+        ]
+    );
+    Ok(())
+}
+
+fn rewrap(scope: &Scope, key_id: u32, from: &str, to: &str) -> Rewrap {
+    let new = data_key(key_id, to);
+    Rewrap {
+        scope: scope.clone(),
+        key_id,
+        from_master_key_id: from.to_owned(),
+        master_key_id: new.master_key_id,
+        wrapped: new.wrapped,
+        nonce: new.nonce,
+    }
+}
+
+/// A rewrap changes every listed key or none: a missing key or one wrapped by another master key
+/// fails it as a whole.
+pub async fn data_key_rewrap_is_atomic(store: DynStore) -> Outcome {
+    let a = Scope::default_workspace();
+    let b = scope_of("org_x", "ws_other", None)?;
+    for (scope, id) in [(&a, 1), (&a, 2), (&b, 1)] {
+        ensure!(
+            store.put_data_key(scope, data_key(id, "old")).await?,
+            "not inserted"
+        );
+    }
+    store.put_secret(&a, sealed("token", 1, "ct-a", 5)).await?;
+    let before = store.all_data_keys().await?;
+
+    // The last entry names a key that does not exist: nothing may change.
+    ensure_matches!(
+        store
+            .rewrap_data_keys(vec![
+                rewrap(&a, 1, "old", "new"),
+                rewrap(&b, 1, "old", "new"),
+                rewrap(&b, 9, "old", "new"),
+            ])
+            .await,
+        Err(StoreError::NotFound("data key"))
+    );
+    ensure_eq!(store.all_data_keys().await?, before);
+    // A key no longer wrapped by the expected master key (another rotation won): same.
+    ensure_matches!(
+        store
+            .rewrap_data_keys(vec![
+                rewrap(&a, 1, "old", "new"),
+                rewrap(&a, 2, "elsewhere", "new"),
+            ])
+            .await,
+        Err(StoreError::NotFound("data key"))
+    );
+    ensure_eq!(store.all_data_keys().await?, before);
+    // The workspace in the scope is part of the key's identity.
+    ensure_matches!(
+        store
+            .rewrap_data_keys(vec![rewrap(&b, 2, "old", "new")])
+            .await,
+        Err(StoreError::NotFound("data key"))
+    );
+
+    store
+        .rewrap_data_keys(vec![
+            rewrap(&a, 1, "old", "new"),
+            rewrap(&a, 2, "old", "new"),
+            rewrap(&b, 1, "old", "new"),
+        ])
+        .await?;
+    ensure_eq!(
+        store.all_data_keys().await?,
+        vec![
+            (a.clone(), data_key(1, "new")),
+            (a.clone(), data_key(2, "new")),
+            (b.clone(), data_key(1, "new")),
+        ]
+    );
+    // Secrets are sealed by the data key, not the master key: a rewrap leaves them alone.
+    ensure_eq!(
+        store.get_secret(&a, "token").await?,
+        Some(sealed("token", 1, "ct-a", 5))
+    );
+    store.rewrap_data_keys(Vec::new()).await?;
+    Ok(())
+}
+
+/// Put is an upsert that keeps `created_at`, listings are by name and carry no values, delete
+/// says whether something was there, and a secret needs its data key.
+pub async fn secrets_crud(store: DynStore) -> Outcome {
+    let s = Scope::default_workspace();
+    ensure_eq!(store.get_secret(&s, "token").await?, None);
+    ensure!(
+        store.list_secrets(&s).await?.is_empty(),
+        "a new store has secrets"
+    );
+    ensure_matches!(
+        store.put_secret(&s, sealed("token", 1, "ct", 10)).await,
+        Err(StoreError::NotFound("data key"))
+    );
+    ensure!(
+        store.get_secret(&s, "token").await?.is_none(),
+        "stored without a key"
+    );
+
+    ensure!(
+        store.put_data_key(&s, data_key(1, "m")).await?,
+        "not inserted"
+    );
+    ensure!(
+        store.put_data_key(&s, data_key(2, "m")).await?,
+        "not inserted"
+    );
+    let token = sealed("token", 1, "ct-1", 10);
+    ensure_eq!(store.put_secret(&s, token.clone()).await?, meta(&token));
+    ensure_eq!(store.get_secret(&s, "token").await?, Some(token.clone()));
+    // Names are exact: no case folding, no prefix match.
+    ensure_eq!(store.get_secret(&s, "TOKEN").await?, None);
+    ensure_eq!(store.get_secret(&s, "tok").await?, None);
+
+    // Replacing keeps the creation time and takes everything else from the new record.
+    let mut replaced = sealed("token", 2, "ct-2", 20);
+    replaced.nonce = vec![9; 24];
+    let stored = store.put_secret(&s, replaced.clone()).await?;
+    ensure_eq!(
+        stored,
+        SecretMeta {
+            name: "token".to_owned(),
+            created_at: 10,
+            updated_at: 20
+        }
+    );
+    ensure_eq!(
+        store.get_secret(&s, "token").await?,
+        Some(SecretRecord {
+            created_at: 10,
+            ..replaced.clone()
+        })
+    );
+
+    let zeta = sealed("zeta", 1, "ct-z", 30);
+    let alpha = sealed("alpha.key", 1, "ct-a", 40);
+    store.put_secret(&s, zeta.clone()).await?;
+    store.put_secret(&s, alpha.clone()).await?;
+    let current = SecretRecord {
+        created_at: 10,
+        ..replaced
+    };
+    ensure_eq!(
+        store.list_secrets(&s).await?,
+        vec![meta(&alpha), meta(&current), meta(&zeta)]
+    );
+    ensure_eq!(
+        store.all_secrets(&s).await?,
+        vec![alpha.clone(), current.clone(), zeta.clone()]
+    );
+
+    ensure!(
+        store.delete_secret(&s, "token").await?,
+        "delete found nothing"
+    );
+    ensure!(!store.delete_secret(&s, "token").await?, "deleted twice");
+    ensure!(
+        !store.delete_secret(&s, "never").await?,
+        "deleted a missing secret"
+    );
+    ensure_eq!(store.get_secret(&s, "token").await?, None);
+    ensure_eq!(store.all_secrets(&s).await?, vec![alpha, zeta]);
+    // Deleting a secret keeps the workspace's data keys.
+    ensure_eq!(store.data_keys(&s).await?.len(), 2);
+    Ok(())
+}
+
+/// Secrets belong to a workspace: another workspace (or the same workspace id in another org)
+/// sees none, cannot delete them, and keeps its own under the same names. End-users see their
+/// workspace's secrets.
+pub async fn secret_scope_isolation(store: DynStore) -> Outcome {
+    let s = Scope::default_workspace();
+    let other_ws = scope_of("org_x", "ws_other", None)?;
+    let other_org = scope_of("org_x", s.workspace.as_str(), None)?;
+    ensure!(
+        store.put_data_key(&s, data_key(1, "m")).await?,
+        "not inserted"
+    );
+    let mine = sealed("token", 1, "mine", 10);
+    store.put_secret(&s, mine.clone()).await?;
+
+    for o in [&other_ws, &other_org] {
+        ensure_eq!(store.get_secret(o, "token").await?, None);
+        ensure!(
+            store.list_secrets(o).await?.is_empty(),
+            "secret list leaked"
+        );
+        ensure!(store.all_secrets(o).await?.is_empty(), "secrets leaked");
+        ensure!(store.data_keys(o).await?.is_empty(), "data keys leaked");
+        ensure!(
+            !store.delete_secret(o, "token").await?,
+            "deleted across scopes"
+        );
+        // Their key 1 does not exist, even though ours does.
+        ensure_matches!(
+            store.put_secret(o, sealed("token", 1, "theirs", 20)).await,
+            Err(StoreError::NotFound("data key"))
+        );
+    }
+    ensure_eq!(store.get_secret(&s, "token").await?, Some(mine.clone()));
+
+    // Same name, another workspace: two independent secrets.
+    ensure!(
+        store.put_data_key(&other_ws, data_key(1, "m")).await?,
+        "not inserted"
+    );
+    let theirs = sealed("token", 1, "theirs", 20);
+    store.put_secret(&other_ws, theirs.clone()).await?;
+    ensure_eq!(store.get_secret(&s, "token").await?, Some(mine.clone()));
+    ensure_eq!(
+        store.get_secret(&other_ws, "token").await?,
+        Some(theirs.clone())
+    );
+    ensure_eq!(store.get_secret(&other_org, "token").await?, None);
+
+    // An end-user scope reads and writes its workspace's secrets.
+    let eu = scope_of("org_default", "ws_default", Some("eu_alice"))?;
+    ensure_eq!(store.get_secret(&eu, "token").await?, Some(mine.clone()));
+    ensure_eq!(store.list_secrets(&eu).await?, vec![meta(&mine)]);
+
+    // Deleting in one workspace leaves the other's.
+    ensure!(
+        store.delete_secret(&other_ws, "token").await?,
+        "delete found nothing"
+    );
+    ensure_eq!(store.get_secret(&s, "token").await?, Some(mine));
+    ensure_eq!(store.get_secret(&other_ws, "token").await?, None);
     Ok(())
 }

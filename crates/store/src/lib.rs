@@ -6,6 +6,9 @@
 //! approvals are projections of the journal kept in the same transaction as the events, using
 //! [`paddock_types::api::Run::apply`], so every backend shows the same thing.
 //!
+//! It also keeps the vault's rows: workspace data keys (wrapped by a master key) and sealed
+//! secrets. It never sees a plaintext secret or an unwrapped key; encryption is `paddock-vault`'s.
+//!
 //! Every method takes a [`Scope`]; a resource of another scope is reported as missing. This crate
 //! must not know HTTP.
 
@@ -82,6 +85,53 @@ pub struct RunFilter {
 pub struct Claimed {
     pub scope: Scope,
     pub run_id: RunId,
+}
+
+/// A workspace's data key as stored: wrapped (encrypted) by a master key. The store only ever
+/// holds it wrapped; the vault unwraps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataKeyRecord {
+    /// Per workspace, from 1; secrets name the key that sealed them.
+    pub key_id: u32,
+    /// Which master key wrapped it, so a half-finished rotation can tell the old key from the new.
+    pub master_key_id: String,
+    pub wrapped: Vec<u8>,
+    pub nonce: Vec<u8>,
+    pub created_at: Millis,
+}
+
+/// One data key to rewrap in [`Store::rewrap_data_keys`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rewrap {
+    /// Only the org and workspace matter.
+    pub scope: Scope,
+    pub key_id: u32,
+    /// The master key the row must still be wrapped by; anything else fails the whole rewrap, so
+    /// two rotations can never interleave.
+    pub from_master_key_id: String,
+    pub master_key_id: String,
+    pub wrapped: Vec<u8>,
+    pub nonce: Vec<u8>,
+}
+
+/// A secret as stored: sealed by a data key of its workspace. Never plaintext.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretRecord {
+    pub name: String,
+    /// The workspace data key that sealed it.
+    pub key_id: u32,
+    pub nonce: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+/// What may be shown about a secret: never its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretMeta {
+    pub name: String,
+    pub created_at: Millis,
+    pub updated_at: Millis,
 }
 
 /// Published after each commit so SSE streams and `?wait=` wake up without polling.
@@ -165,6 +215,34 @@ pub trait Store: Send + Sync + 'static {
 
     /// Commit notifications (run id, last seq, status) for every append and creation.
     fn subscribe(&self) -> broadcast::Receiver<Committed>;
+
+    // Secrets. They belong to the workspace: `scope.end_user` is ignored. The store holds only
+    // wrapped data keys and sealed values; encryption is the vault's job.
+
+    /// Stores a new data key for the scope's workspace. Returns false, changing nothing, if the
+    /// workspace already has a key with this `key_id` (two callers raced to create it: re-read).
+    async fn put_data_key(&self, scope: &Scope, key: DataKeyRecord) -> Result<bool>;
+    /// The workspace's data keys, by `key_id`.
+    async fn data_keys(&self, scope: &Scope) -> Result<Vec<DataKeyRecord>>;
+    /// Every data key of every workspace (for master-key rotation), with its workspace's scope
+    /// (no end-user), ordered by org, workspace and `key_id`.
+    async fn all_data_keys(&self) -> Result<Vec<(Scope, DataKeyRecord)>>;
+    /// Replaces the wrapping of the given data keys, all in one transaction: either every row
+    /// changes or none does. Fails with [`StoreError::NotFound`] (`"data key"`), changing nothing,
+    /// if a key is missing or no longer wrapped by its `from_master_key_id`.
+    async fn rewrap_data_keys(&self, rewraps: Vec<Rewrap>) -> Result<()>;
+
+    /// Creates or replaces the secret `secret.name` of the workspace; on replace the stored
+    /// `created_at` is kept. Fails with [`StoreError::NotFound`] (`"data key"`) if the workspace
+    /// has no data key `secret.key_id`. Returns what was stored.
+    async fn put_secret(&self, scope: &Scope, secret: SecretRecord) -> Result<SecretMeta>;
+    async fn get_secret(&self, scope: &Scope, name: &str) -> Result<Option<SecretRecord>>;
+    /// The workspace's secrets by name, without values.
+    async fn list_secrets(&self, scope: &Scope) -> Result<Vec<SecretMeta>>;
+    /// False if there was no such secret.
+    async fn delete_secret(&self, scope: &Scope, name: &str) -> Result<bool>;
+    /// Every sealed secret of the workspace by name (to build a redactor).
+    async fn all_secrets(&self, scope: &Scope) -> Result<Vec<SecretRecord>>;
 }
 
 pub type DynStore = Arc<dyn Store>;

@@ -16,7 +16,10 @@
 mod read;
 mod write;
 
-use crate::{AgentRecord, Append, Claimed, Committed, Result, RunFilter, Store, StoreError};
+use crate::{
+    AgentRecord, Append, Claimed, Committed, DataKeyRecord, Result, Rewrap, RunFilter, SecretMeta,
+    SecretRecord, Store, StoreError,
+};
 use async_trait::async_trait;
 use paddock_types::api::{AgentDefinition, Approval, ApprovalStatus, Page, Run};
 use paddock_types::event::ApprovalDecision;
@@ -42,8 +45,15 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Prepared statements kept per connection; listings build a few SQL variants each.
 const STATEMENT_CACHE: usize = 64;
 
-/// Schema migrations, applied in order; `PRAGMA user_version` counts those applied.
-const MIGRATIONS: &[&str] = &[include_str!("sqlite/migrations/0001_init.sql")];
+/// Schema migrations, applied in order; `PRAGMA user_version` counts those applied. Append only:
+/// a released migration never changes, a new one is added at the end.
+const MIGRATIONS: &[&str] = &[
+    include_str!("sqlite/migrations/0001_init.sql"),
+    include_str!("sqlite/migrations/0002_secrets.sql"),
+];
+
+/// The schema version (`PRAGMA user_version`) this binary migrates databases to.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// The SQLite [`Store`]. Dropping the last `Arc` stops the writer thread and releases the lock.
 pub struct SqliteStore {
@@ -182,7 +192,7 @@ fn configure_writer(conn: &Connection) -> Result<()> {
 
 fn migrate(conn: &mut Connection) -> Result<()> {
     let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    let known = MIGRATIONS.len() as i64;
+    let known = SCHEMA_VERSION;
     if current > known {
         return Err(StoreError::Backend(format!(
             "the database schema is version {current}, newer than this binary knows ({known}); \
@@ -371,5 +381,60 @@ impl Store for SqliteStore {
 
     fn subscribe(&self) -> broadcast::Receiver<Committed> {
         self.notify.subscribe()
+    }
+
+    async fn put_data_key(&self, scope: &Scope, key: DataKeyRecord) -> Result<bool> {
+        let scope = scope.clone();
+        self.write(move |conn| Ok((write::put_data_key(conn, &scope, &key)?, None)))
+            .await
+    }
+
+    async fn data_keys(&self, scope: &Scope) -> Result<Vec<DataKeyRecord>> {
+        let scope = scope.clone();
+        self.readers
+            .with(move |conn| read::data_keys(conn, &scope))
+            .await
+    }
+
+    async fn all_data_keys(&self) -> Result<Vec<(Scope, DataKeyRecord)>> {
+        self.readers.with(read::all_data_keys).await
+    }
+
+    async fn rewrap_data_keys(&self, rewraps: Vec<Rewrap>) -> Result<()> {
+        self.write(move |conn| Ok((write::rewrap_data_keys(conn, &rewraps)?, None)))
+            .await
+    }
+
+    async fn put_secret(&self, scope: &Scope, secret: SecretRecord) -> Result<SecretMeta> {
+        let scope = scope.clone();
+        self.write(move |conn| Ok((write::put_secret(conn, &scope, &secret)?, None)))
+            .await
+    }
+
+    async fn get_secret(&self, scope: &Scope, name: &str) -> Result<Option<SecretRecord>> {
+        let (scope, name) = (scope.clone(), name.to_owned());
+        self.readers
+            .with(move |conn| read::get_secret(conn, &scope, &name))
+            .await
+    }
+
+    async fn list_secrets(&self, scope: &Scope) -> Result<Vec<SecretMeta>> {
+        let scope = scope.clone();
+        self.readers
+            .with(move |conn| read::list_secrets(conn, &scope))
+            .await
+    }
+
+    async fn delete_secret(&self, scope: &Scope, name: &str) -> Result<bool> {
+        let (scope, name) = (scope.clone(), name.to_owned());
+        self.write(move |conn| Ok((write::delete_secret(conn, &scope, &name)?, None)))
+            .await
+    }
+
+    async fn all_secrets(&self, scope: &Scope) -> Result<Vec<SecretRecord>> {
+        let scope = scope.clone();
+        self.readers
+            .with(move |conn| read::all_secrets(conn, &scope))
+            .await
     }
 }

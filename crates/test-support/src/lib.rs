@@ -1,6 +1,7 @@
 //! Scaffolding for end-to-end tests of the real `paddock` binary: start `paddock mock-llm` and
 //! `paddock serve` as child processes (SIGKILL and restart them on the same data folder), write
-//! agent folders and `paddock.toml`, talk JSON to the API and read its SSE streams.
+//! agent folders and `paddock.toml`, talk JSON to the API and read its SSE streams; run a local
+//! HTTP(S) upstream for egress tests and share a fixture between concurrent tests.
 //!
 //! It is test code: a helper that cannot do its job panics with a message saying what it was
 //! waiting for, and every wait has a generous deadline instead of a fixed sleep. It must never
@@ -13,12 +14,16 @@
 mod client;
 mod fixtures;
 mod process;
+mod shared;
 mod sse;
+mod upstream;
 
 pub use client::{Api, Resp, is_terminal};
 pub use fixtures::{AgentFixture, MOCK_PROMPT, mock_input, provider_toml};
 pub use process::{MockLlm, Server, ServerOptions, free_port};
+pub use shared::Shared;
 pub use sse::SseEvent;
+pub use upstream::{SeenRequest, Upstream};
 
 use std::time::Duration;
 

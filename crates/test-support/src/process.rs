@@ -205,6 +205,8 @@ pub struct ServerOptions {
     pub agents_dir: Option<PathBuf>,
     /// `PADDOCK_LOG` for the server.
     pub log_filter: String,
+    /// Extra environment variables of the server process (after the `PADDOCK_*` clean-up).
+    pub env: Vec<(String, String)>,
 }
 
 impl ServerOptions {
@@ -215,6 +217,7 @@ impl ServerOptions {
             agents: Vec::new(),
             agents_dir: None,
             log_filter: "info".to_owned(),
+            env: Vec::new(),
         }
     }
 
@@ -230,6 +233,13 @@ impl ServerOptions {
 
     pub fn log_filter(mut self, filter: &str) -> Self {
         self.log_filter = filter.to_owned();
+        self
+    }
+
+    /// Sets an environment variable of the server process, e.g. a canary value a test checks
+    /// never shows up where it must not.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
         self
     }
 }
@@ -302,6 +312,7 @@ impl Server {
                 .arg(&self.data_dir)
                 .arg("--agents")
                 .arg(&self.agents_dir)
+                .envs(self.opts.env.iter().map(|(k, v)| (k, v)))
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot start {} serve: {e}", self.opts.bin.display()));
             self.logs.push(log.clone());
@@ -339,6 +350,11 @@ impl Server {
 
     pub fn agents_dir(&self) -> &Path {
         &self.agents_dir
+    }
+
+    /// Process id of the running server process, if one runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Kills the server with SIGKILL (a crash: no shutdown code runs) and reaps it.

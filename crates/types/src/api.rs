@@ -39,6 +39,8 @@ pub struct Run {
     pub agent: String,
     pub agent_version: String,
     pub status: RunStatus,
+    /// The sandbox tier the run's tools run in; `none` means no isolation.
+    pub sandbox: String,
     pub input: Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<Value>,
@@ -149,6 +151,7 @@ impl Run {
             agent_version,
             input,
             metadata,
+            sandbox,
             ..
         } = &first.kind
         else {
@@ -159,6 +162,7 @@ impl Run {
             agent: agent.clone(),
             agent_version: agent_version.clone(),
             status: RunStatus::Queued,
+            sandbox: sandbox.clone(),
             input: input.clone(),
             output: None,
             error: None,
@@ -221,7 +225,25 @@ impl Run {
             K::PolicyDecided { .. }
             | K::ApprovalRequested { .. }
             | K::ToolCallStarted { .. }
+            | K::EgressRequest { .. }
             | K::OutputValidated { .. } => {}
         }
     }
+}
+
+/// `PUT /v1/secrets/{name}`: the value is write-only; no API ever returns it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutSecret {
+    pub value: String,
+}
+
+/// A secret as the API shows it: its name and times, never its value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecretInfo {
+    pub name: String,
+    #[serde(with = "crate::time::serde_rfc3339")]
+    pub created_at: Millis,
+    #[serde(with = "crate::time::serde_rfc3339")]
+    pub updated_at: Millis,
 }

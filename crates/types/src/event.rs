@@ -8,6 +8,10 @@ use crate::time::Millis;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+fn unknown_tier() -> String {
+    "unknown".to_owned()
+}
+
 /// A journaled event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
@@ -53,6 +57,36 @@ pub enum ApprovalDecision {
     Deny,
 }
 
+/// Whether the egress broker let a request through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EgressDecision {
+    Allowed,
+    Denied,
+}
+
+/// One request a tool made through the egress broker (allowed or not). Never holds a secret: the
+/// broker records which credential it injected by name only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EgressRecord {
+    pub method: String,
+    pub scheme: String,
+    pub host: String,
+    pub port: u16,
+    pub path: String,
+    /// The upstream's status (absent when denied or when the upstream could not be reached).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub decision: EgressDecision,
+    /// Why: the rule that allowed it, or the machine-readable denial reason.
+    pub reason: String,
+    /// Name of the secret injected, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum EventKind {
@@ -65,6 +99,9 @@ pub enum EventKind {
         metadata: Value,
         system_prompt: String,
         user_message: String,
+        /// The sandbox tier its tools run in (`process`, or `none` when isolation is off).
+        #[serde(default = "unknown_tier")]
+        sandbox: String,
     },
     /// A worker took the run (first start, after an approval, or recovering after a crash).
     RunStarted {
@@ -120,6 +157,11 @@ pub enum EventKind {
         is_error: bool,
         duration_ms: u64,
     },
+    /// A request a tool call made through the egress broker.
+    EgressRequest {
+        call_id: String,
+        request: EgressRecord,
+    },
     /// The final answer was checked against the output schema.
     OutputValidated {
         valid: bool,
@@ -158,6 +200,7 @@ impl EventKind {
             EventKind::ApprovalDecided { .. } => "approval_decided",
             EventKind::ToolCallStarted { .. } => "tool_call_started",
             EventKind::ToolCallCompleted { .. } => "tool_call_completed",
+            EventKind::EgressRequest { .. } => "egress_request",
             EventKind::OutputValidated { .. } => "output_validated",
             EventKind::RunWaiting { .. } => "run_waiting",
             EventKind::RunSucceeded { .. } => "run_succeeded",

@@ -46,6 +46,105 @@ pub struct AgentManifest {
     /// JSON Schema the final answer must satisfy (then the answer must be JSON).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_schema: Option<Value>,
+    /// `[[egress]]`: where the agent's tools may reach over the network. None → no network.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<EgressRule>,
+    /// `[[credentials]]`: secrets the egress broker injects on the network side.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub credentials: Vec<CredentialBinding>,
+}
+
+/// One `[[egress]]` rule. A request is allowed when some allow rule matches it and no deny rule
+/// does (deny wins).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressRule {
+    /// `https` (default) or `http`.
+    #[serde(default = "default_scheme")]
+    pub scheme: String,
+    /// An exact host name (`api.github.com`) or a `*.` wildcard (`*.example.com`, which matches
+    /// subdomains but not `example.com` itself). Compared case-insensitively.
+    pub host: String,
+    /// Defaults to the scheme's port (443 or 80).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Only paths starting with this (default: every path).
+    #[serde(default = "default_path_prefix")]
+    pub path_prefix: String,
+    /// Upper-case HTTP methods; empty means every method.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// A deny rule: matching requests are refused even if an allow rule matches too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deny: bool,
+}
+
+fn default_scheme() -> String {
+    "https".to_owned()
+}
+
+fn default_path_prefix() -> String {
+    "/".to_owned()
+}
+
+impl EgressRule {
+    /// The port this rule applies to.
+    pub fn effective_port(&self) -> u16 {
+        self.port
+            .unwrap_or(if self.scheme == "http" { 80 } else { 443 })
+    }
+}
+
+/// One `[[credentials]]` binding: the broker adds the secret to requests to `host`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialBinding {
+    /// The secret's name in the vault.
+    pub secret: String,
+    /// Host pattern, as in [`EgressRule::host`].
+    pub host: String,
+    /// A header line template, e.g. `Authorization: Bearer {secret}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// A query parameter name that receives the secret, e.g. `api_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// An environment variable the sandbox gets, holding a placeholder of the secret's shape that
+    /// the broker swaps for the real value only on the bound host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placeholder_env: Option<String>,
+}
+
+/// Host patterns: a DNS name or `*.` followed by one.
+pub fn validate_host_pattern(host: &str) -> Result<(), String> {
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && !name.contains('*')
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{host:?} is not a host name or a `*.` wildcard of one"
+        ))
+    }
+}
+
+/// True if `host` (a request's host name, any case) matches `pattern`.
+pub fn host_matches(pattern: &str, host: &str) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let pattern = pattern.to_ascii_lowercase();
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => host.len() > suffix.len() + 1 && host.ends_with(&format!(".{suffix}")),
+        None => host == pattern,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -150,6 +249,23 @@ mod humantime_duration {
     }
 }
 
+/// Secret names: letters, digits, `_`, `-` and `.`, starting with a letter, at most 128.
+pub fn validate_secret_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name.as_bytes()[0].is_ascii_alphabetic()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a valid secret name (a letter, then letters, digits, '_', '-' or '.', at most 128)"
+        ))
+    }
+}
+
 /// Agent names: lowercase letters, digits, `-` and `_`, starting with a letter or digit, at most
 /// 64 characters. They appear in URLs and folder names.
 pub fn validate_agent_name(name: &str) -> Result<(), ManifestError> {
@@ -240,6 +356,89 @@ impl AgentManifest {
                 "limits.max_cost_usd",
                 "must be a positive number",
             ));
+        }
+        for (i, r) in self.egress.iter().enumerate() {
+            let field = |f: &str| format!("egress[{i}].{f}");
+            if r.scheme != "https" && r.scheme != "http" {
+                return Err(ManifestError::new(
+                    field("scheme"),
+                    format!("{:?} is not https or http", r.scheme),
+                ));
+            }
+            validate_host_pattern(&r.host).map_err(|m| ManifestError::new(field("host"), m))?;
+            if r.port == Some(0) {
+                return Err(ManifestError::new(field("port"), "must be 1 to 65535"));
+            }
+            if !r.path_prefix.starts_with('/') {
+                return Err(ManifestError::new(
+                    field("path_prefix"),
+                    "must start with '/'",
+                ));
+            }
+            if let Some(m) = r
+                .methods
+                .iter()
+                .find(|m| m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()))
+            {
+                return Err(ManifestError::new(
+                    field("methods"),
+                    format!("{m:?} is not an upper-case HTTP method"),
+                ));
+            }
+        }
+        for (i, c) in self.credentials.iter().enumerate() {
+            let field = |f: &str| format!("credentials[{i}].{f}");
+            validate_secret_name(&c.secret).map_err(|m| ManifestError::new(field("secret"), m))?;
+            validate_host_pattern(&c.host).map_err(|m| ManifestError::new(field("host"), m))?;
+            match (&c.header, &c.query) {
+                (None, None) | (Some(_), Some(_)) => {
+                    return Err(ManifestError::new(
+                        field("header"),
+                        "set exactly one of `header` (e.g. \"Authorization: Bearer {secret}\") or `query`",
+                    ));
+                }
+                (Some(h), None) => {
+                    let ok = h.split_once(':').is_some_and(|(name, value)| {
+                        !name.trim().is_empty()
+                            && name
+                                .trim()
+                                .bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                            && value.contains("{secret}")
+                    });
+                    if !ok {
+                        return Err(ManifestError::new(
+                            field("header"),
+                            "must look like \"Header-Name: text with {secret}\"",
+                        ));
+                    }
+                }
+                (None, Some(q)) => {
+                    if q.is_empty()
+                        || !q
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                    {
+                        return Err(ManifestError::new(
+                            field("query"),
+                            "must be a parameter name",
+                        ));
+                    }
+                }
+            }
+            if let Some(env) = &c.placeholder_env {
+                let ok = !env.is_empty()
+                    && env
+                        .bytes()
+                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+                    && !env.as_bytes()[0].is_ascii_digit();
+                if !ok {
+                    return Err(ManifestError::new(
+                        field("placeholder_env"),
+                        "must be an upper-case environment variable name",
+                    ));
+                }
+            }
         }
         for (field, schema) in [
             ("input_schema", &self.input_schema),
@@ -347,6 +546,47 @@ approval = "always"
             AgentManifest::from_toml(&bad).unwrap_err().field,
             "limits.timeout"
         );
+    }
+
+    #[test]
+    fn parses_and_checks_egress_rules_and_credentials() {
+        let ok = format!(
+            "{GOOD}\n[[egress]]\nhost = \"*.example.com\"\nmethods = [\"GET\"]\n\
+             [[credentials]]\nsecret = \"gh_token\"\nhost = \"api.github.com\"\n\
+             header = \"Authorization: Bearer {{secret}}\"\nplaceholder_env = \"GITHUB_TOKEN\"\n"
+        );
+        let m = AgentManifest::from_toml(&ok).unwrap();
+        assert_eq!(m.egress[0].scheme, "https");
+        assert_eq!(m.egress[0].effective_port(), 443);
+        assert_eq!(m.egress[0].path_prefix, "/");
+        assert_eq!(m.credentials[0].secret, "gh_token");
+        for (bad, field) in [
+            ("host = \"*.example.com\"", "egress[0].host"),
+            ("methods = [\"GET\"]", "egress[0].methods"),
+            (
+                "header = \"Authorization: Bearer {secret}\"",
+                "credentials[0].header",
+            ),
+            ("secret = \"gh_token\"", "credentials[0].secret"),
+        ] {
+            let replacement = match field {
+                "egress[0].host" => "host = \"ex*ample.com\"",
+                "egress[0].methods" => "methods = [\"get\"]",
+                "credentials[0].header" => "header = \"Authorization Bearer\"",
+                _ => "secret = \"9lives\"",
+            };
+            let e = AgentManifest::from_toml(&ok.replace(bad, replacement)).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+        }
+    }
+
+    #[test]
+    fn host_patterns_match_subdomains_only() {
+        assert!(host_matches("*.example.com", "api.EXAMPLE.com"));
+        assert!(!host_matches("*.example.com", "example.com"));
+        assert!(!host_matches("*.example.com", "evilexample.com"));
+        assert!(host_matches("api.github.com", "API.github.com."));
+        assert!(!host_matches("api.github.com", "api.github.com.evil.io"));
     }
 
     #[test]

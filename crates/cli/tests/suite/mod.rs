@@ -4,6 +4,8 @@
 mod approvals;
 mod bad_input;
 mod crash;
+mod egress;
+mod hostile;
 mod local_run;
 mod provider_faults;
 mod run_stream;
@@ -28,9 +30,12 @@ pub fn providers(mock: &MockLlm) -> String {
         + &provider_toml(ANTHROPIC, "anthropic", &mock.anthropic_base_url())
 }
 
-/// Server options wired to `mock`, with the given agents.
+/// Server options wired to `mock`, with the given agents. Workspaces are kept after runs end so
+/// tests can look at what the tools wrote.
 pub fn options(mock: &MockLlm, agents: Vec<AgentFixture>) -> ServerOptions {
-    let mut o = ServerOptions::new(bin()).config(&providers(mock));
+    let mut o = ServerOptions::new(bin())
+        .config(&providers(mock))
+        .config("[sandbox]\nkeep_workspaces = true\n\n");
     for a in agents {
         o = o.agent(a);
     }

@@ -296,3 +296,77 @@ async fn openapi_document_and_docs_page_are_served() {
     assert!(html.contains("/v1/openapi.json"));
     assert!(!html.contains("cdn"), "docs page must work offline");
 }
+
+#[tokio::test]
+async fn secrets_are_write_only_and_validated() {
+    let app = TestApp::new().await;
+    let put = |name: &str, body: Value| {
+        let app = &app;
+        let uri = format!("/v1/secrets/{name}");
+        async move {
+            app.request(
+                axum::http::Request::put(uri)
+                    .header("content-type", "application/json")
+                    .body(axum::body::Body::from(serde_json::to_vec(&body).unwrap()))
+                    .unwrap(),
+            )
+            .await
+        }
+    };
+    let (status, _, created) = put("gh_token", json!({"value": "ghp_supersecretvalue123"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["name"], json!("gh_token"));
+    assert!(created.get("value").is_none(), "{created}");
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let (status, _, replaced) = put("gh_token", json!({"value": "ghp_othervalue456"})).await;
+    assert_eq!(status, StatusCode::OK, "{replaced}");
+    let (status, _, list) = app.get("/v1/secrets").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["data"].as_array().unwrap().len(), 1);
+    assert!(!list.to_string().contains("value456"), "{list}");
+
+    for (name, body, want) in [
+        (
+            "9bad",
+            json!({"value": "x"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "ok_name",
+            json!({"value": "x".repeat(70_000)}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "ok_name",
+            json!({"val": "x"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "ok_name",
+            json!({"value": 5}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+    ] {
+        let (status, ctype, p) = put(name, body).await;
+        assert_eq!(status, want, "{name}: {p}");
+        assert_eq!(ctype.as_deref(), Some("application/problem+json"));
+        assert!(
+            !p.to_string().contains("xxxxxxxx"),
+            "the value must not be echoed: {p}"
+        );
+    }
+
+    let del = |name: &str| {
+        app.request(
+            axum::http::Request::delete(format!("/v1/secrets/{name}"))
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+    };
+    let (status, _, _) = del("gh_token").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _, p) = del("gh_token").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{p}");
+    let (_, _, list) = app.get("/v1/secrets").await;
+    assert_eq!(list["data"], json!([]));
+}

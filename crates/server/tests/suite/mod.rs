@@ -56,7 +56,12 @@ pub const PROMPT: &str = "Test.\n```mock\n{{ input.mock | tojson }}\n```\n";
 impl TestApp {
     pub async fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path()).unwrap();
+        let store: paddock_store::DynStore = SqliteStore::open(dir.path()).unwrap();
+        let vault = Arc::new(
+            paddock_vault::Vault::open(Arc::clone(&store), dir.path())
+                .await
+                .unwrap(),
+        );
         let models = Models::new(&BTreeMap::new()).unwrap();
         let tools = WorkspaceTools::new(dir.path().join("workspaces"));
         let engine = Engine::new(
@@ -78,6 +83,7 @@ impl TestApp {
         engine.start();
         let app = router(AppState {
             engine: Arc::clone(&engine),
+            vault,
         });
         Self { app, _dir: dir }
     }

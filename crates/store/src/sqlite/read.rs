@@ -1,10 +1,11 @@
 //! Reads, on a small pool of read-only connections used from blocking threads.
 
+use super::write::corrupt;
 use super::{BUSY_TIMEOUT, STATEMENT_CACHE, from_json, scope_params};
-use crate::{AgentRecord, Result, RunFilter, StoreError};
+use crate::{AgentRecord, DataKeyRecord, Result, RunFilter, SecretMeta, SecretRecord, StoreError};
 use paddock_types::api::{AgentDefinition, Approval, ApprovalStatus, Page, Run};
 use paddock_types::time::Millis;
-use paddock_types::{ApprovalId, Event, RunId, Scope};
+use paddock_types::{ApprovalId, Event, OrgId, RunId, Scope, WorkspaceId};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params, params_from_iter};
 use std::collections::BTreeMap;
@@ -384,4 +385,118 @@ pub(super) fn list_approvals(
         .map(ApprovalRow::decode)
         .collect::<Result<Vec<_>>>()?;
     Ok(page(approvals, limit, |a| a.id.to_string()))
+}
+
+fn key_id(r: &Row<'_>, i: usize) -> rusqlite::Result<u32> {
+    let id = r.get::<_, i64>(i)?;
+    u32::try_from(id).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(i, id))
+}
+
+const DATA_KEY_COLUMNS: &str = "key_id, master_key_id, wrapped, nonce, created_at";
+
+fn data_key(r: &Row<'_>, at: usize) -> rusqlite::Result<DataKeyRecord> {
+    Ok(DataKeyRecord {
+        key_id: key_id(r, at)?,
+        master_key_id: r.get(at + 1)?,
+        wrapped: r.get(at + 2)?,
+        nonce: r.get(at + 3)?,
+        created_at: r.get(at + 4)?,
+    })
+}
+
+pub(super) fn data_keys(conn: &mut Connection, scope: &Scope) -> Result<Vec<DataKeyRecord>> {
+    let (org, ws, _) = scope_params(scope);
+    let keys = conn
+        .prepare_cached(&format!(
+            "SELECT {DATA_KEY_COLUMNS} FROM data_keys
+             WHERE org = ?1 AND workspace = ?2 ORDER BY key_id"
+        ))?
+        .query_map(params![org, ws], |r| data_key(r, 0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(keys)
+}
+
+pub(super) fn all_data_keys(conn: &mut Connection) -> Result<Vec<(Scope, DataKeyRecord)>> {
+    let rows = conn
+        .prepare_cached(&format!(
+            "SELECT org, workspace, {DATA_KEY_COLUMNS} FROM data_keys
+             ORDER BY org, workspace, key_id"
+        ))?
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                data_key(r, 2)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    rows.into_iter()
+        .map(|(org, ws, key)| {
+            let scope = Scope {
+                org: OrgId::parse(&org).map_err(corrupt)?,
+                workspace: WorkspaceId::parse(&ws).map_err(corrupt)?,
+                end_user: None,
+            };
+            Ok((scope, key))
+        })
+        .collect()
+}
+
+const SECRET_COLUMNS: &str =
+    "SELECT name, key_id, nonce, ciphertext, created_at, updated_at FROM secrets";
+
+fn secret(r: &Row<'_>) -> rusqlite::Result<SecretRecord> {
+    Ok(SecretRecord {
+        name: r.get(0)?,
+        key_id: key_id(r, 1)?,
+        nonce: r.get(2)?,
+        ciphertext: r.get(3)?,
+        created_at: r.get(4)?,
+        updated_at: r.get(5)?,
+    })
+}
+
+pub(super) fn get_secret(
+    conn: &mut Connection,
+    scope: &Scope,
+    name: &str,
+) -> Result<Option<SecretRecord>> {
+    let (org, ws, _) = scope_params(scope);
+    let row = conn
+        .prepare_cached(&format!(
+            "{SECRET_COLUMNS} WHERE org = ?1 AND workspace = ?2 AND name = ?3"
+        ))?
+        .query_row(params![org, ws, name], secret)
+        .optional()?;
+    Ok(row)
+}
+
+pub(super) fn list_secrets(conn: &mut Connection, scope: &Scope) -> Result<Vec<SecretMeta>> {
+    let (org, ws, _) = scope_params(scope);
+    // Values are not even read: a listing cannot leak what it never loads.
+    let metas = conn
+        .prepare_cached(
+            "SELECT name, created_at, updated_at FROM secrets
+             WHERE org = ?1 AND workspace = ?2 ORDER BY name",
+        )?
+        .query_map(params![org, ws], |r| {
+            Ok(SecretMeta {
+                name: r.get(0)?,
+                created_at: r.get(1)?,
+                updated_at: r.get(2)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(metas)
+}
+
+pub(super) fn all_secrets(conn: &mut Connection, scope: &Scope) -> Result<Vec<SecretRecord>> {
+    let (org, ws, _) = scope_params(scope);
+    let secrets = conn
+        .prepare_cached(&format!(
+            "{SECRET_COLUMNS} WHERE org = ?1 AND workspace = ?2 ORDER BY name"
+        ))?
+        .query_map(params![org, ws], secret)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(secrets)
 }

@@ -5,7 +5,10 @@
 //! [`run`] to finish the batch.
 
 use super::{from_json, scope_params, to_json};
-use crate::{AgentRecord, Append, Claimed, Committed, Result, StoreError};
+use crate::{
+    AgentRecord, Append, Claimed, Committed, DataKeyRecord, Result, Rewrap, SecretMeta,
+    SecretRecord, StoreError,
+};
 use paddock_types::api::{AgentDefinition, ApprovalStatus, Run};
 use paddock_types::event::ApprovalDecision;
 use paddock_types::ids::EndUserId;
@@ -384,7 +387,106 @@ pub(super) fn release(conn: &Connection, worker: &str, run_id: &RunId) -> Result
     Ok(())
 }
 
-fn corrupt(e: impl std::fmt::Display) -> StoreError {
+/// Inserts a data key unless the workspace already has one with this id; true if inserted.
+pub(super) fn put_data_key(conn: &Connection, scope: &Scope, key: &DataKeyRecord) -> Result<bool> {
+    let (org, ws, _) = scope_params(scope);
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO data_keys (org, workspace, key_id, master_key_id, wrapped, nonce, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (org, workspace, key_id) DO NOTHING",
+        )?
+        .execute(params![
+            org,
+            ws,
+            i64::from(key.key_id),
+            key.master_key_id,
+            key.wrapped,
+            key.nonce,
+            key.created_at,
+        ])?;
+    Ok(inserted == 1)
+}
+
+/// All or nothing: the first row that is missing or wrapped by another master key fails the
+/// operation, and its savepoint takes the rows already updated back with it.
+pub(super) fn rewrap_data_keys(conn: &Connection, rewraps: &[Rewrap]) -> Result<()> {
+    let mut update = conn.prepare_cached(
+        "UPDATE data_keys SET master_key_id = ?5, wrapped = ?6, nonce = ?7
+         WHERE org = ?1 AND workspace = ?2 AND key_id = ?3 AND master_key_id = ?4",
+    )?;
+    for r in rewraps {
+        let (org, ws, _) = scope_params(&r.scope);
+        let changed = update.execute(params![
+            org,
+            ws,
+            i64::from(r.key_id),
+            r.from_master_key_id,
+            r.master_key_id,
+            r.wrapped,
+            r.nonce,
+        ])?;
+        if changed != 1 {
+            return Err(StoreError::NotFound("data key"));
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn put_secret(
+    conn: &Connection,
+    scope: &Scope,
+    secret: &SecretRecord,
+) -> Result<SecretMeta> {
+    let (org, ws, _) = scope_params(scope);
+    // Checked here for a clear error; the foreign key backs it up.
+    let has_key = conn
+        .prepare_cached(
+            "SELECT 1 FROM data_keys WHERE org = ?1 AND workspace = ?2 AND key_id = ?3",
+        )?
+        .exists(params![org, ws, i64::from(secret.key_id)])?;
+    if !has_key {
+        return Err(StoreError::NotFound("data key"));
+    }
+    let (created_at, updated_at) = conn
+        .prepare_cached(
+            "INSERT INTO secrets
+               (org, workspace, name, key_id, nonce, ciphertext, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (org, workspace, name) DO UPDATE SET
+               key_id = excluded.key_id, nonce = excluded.nonce,
+               ciphertext = excluded.ciphertext, updated_at = excluded.updated_at
+             RETURNING created_at, updated_at",
+        )?
+        .query_row(
+            params![
+                org,
+                ws,
+                secret.name,
+                i64::from(secret.key_id),
+                secret.nonce,
+                secret.ciphertext,
+                secret.created_at,
+                secret.updated_at,
+            ],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+        )?;
+    Ok(SecretMeta {
+        name: secret.name.clone(),
+        created_at,
+        updated_at,
+    })
+}
+
+pub(super) fn delete_secret(conn: &Connection, scope: &Scope, name: &str) -> Result<bool> {
+    let (org, ws, _) = scope_params(scope);
+    let deleted = conn
+        .prepare_cached("DELETE FROM secrets WHERE org = ?1 AND workspace = ?2 AND name = ?3")?
+        .execute(params![org, ws, name])?;
+    Ok(deleted > 0)
+}
+
+pub(super) fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(format!("corrupt stored id: {e}"))
 }
 

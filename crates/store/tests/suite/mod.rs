@@ -186,7 +186,8 @@ async fn the_schema_is_versioned_and_in_wal_mode() {
     let version: i64 = db
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 1);
+    assert_eq!(version, paddock_store::sqlite::SCHEMA_VERSION);
+    assert_eq!(version, 2);
     let mode: String = db
         .pragma_query_value(None, "journal_mode", |r| r.get(0))
         .unwrap();
@@ -223,4 +224,83 @@ async fn claiming_uses_the_partial_index() {
         plan.iter().any(|p| p.contains("runs_claimable")),
         "{plan:?}"
     );
+}
+
+#[tokio::test]
+async fn a_version_1_database_is_migrated_keeping_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // What a binary that only knew 0001 left behind.
+        let db = rusqlite::Connection::open(dir.path().join("paddock.db")).unwrap();
+        db.execute_batch(include_str!("../../src/sqlite/migrations/0001_init.sql"))
+            .unwrap();
+        db.pragma_update(None, "user_version", 1).unwrap();
+        let def = serde_json::to_string(&agent("alpha", "1.0.0", "old").unwrap()).unwrap();
+        db.execute(
+            "INSERT INTO agents (org, workspace, name, version, definition, created_at)
+             VALUES ('org_default', 'ws_default', 'alpha', '1.0.0', ?1, 1)",
+            [def],
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let s = Scope::default_workspace();
+    let kept = store.get_agent(&s, "alpha", None).await.unwrap().unwrap();
+    assert_eq!(kept.definition.prompt, "old");
+    // The new tables work.
+    assert!(
+        store
+            .put_data_key(&s, conformance::data_key(1, "m"))
+            .await
+            .unwrap()
+    );
+    store
+        .put_secret(&s, conformance::sealed("token", 1, "ct", 1))
+        .await
+        .unwrap();
+    assert_eq!(store.list_secrets(&s).await.unwrap().len(), 1);
+    drop(store);
+    let db = rusqlite::Connection::open(dir.path().join("paddock.db")).unwrap();
+    let version: i64 = db
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rewrap_shares_no_fate_with_its_batch() {
+    // A failing rewrap rolls back alone: the writes group-committed beside it still land.
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let s = Scope::default_workspace();
+    assert!(
+        store
+            .put_data_key(&s, conformance::data_key(1, "old"))
+            .await
+            .unwrap()
+    );
+    let bad = paddock_store::Rewrap {
+        scope: s.clone(),
+        key_id: 1,
+        from_master_key_id: "old".into(),
+        master_key_id: "new".into(),
+        wrapped: vec![1],
+        nonce: vec![2],
+    };
+    let mut missing = bad.clone();
+    missing.key_id = 2;
+    let (rewrap, put) = tokio::join!(
+        store.rewrap_data_keys(vec![bad, missing]),
+        store.put_secret(&s, conformance::sealed("token", 1, "ct", 1)),
+    );
+    assert!(
+        matches!(rewrap, Err(StoreError::NotFound("data key"))),
+        "{rewrap:?}"
+    );
+    put.unwrap();
+    assert_eq!(
+        store.data_keys(&s).await.unwrap(),
+        vec![conformance::data_key(1, "old")]
+    );
+    assert!(store.get_secret(&s, "token").await.unwrap().is_some());
 }

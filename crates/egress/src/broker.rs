@@ -1,0 +1,494 @@
+//! The broker: configuration, upstream connections, and the one exchange path every allowed
+//! request goes through (policy → address check → injection → upstream).
+
+use crate::addr::{self, AllowPrivate};
+use crate::body::ProxyBody;
+use crate::ca::{CaPem, CertAuthority};
+use crate::credentials::Injection;
+use crate::error::{DenyReason, EgressError, UpstreamFailure};
+use crate::policy::{self, Verdict};
+use crate::run::{RecordGuard, RunEgress, denied_record};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use paddock_types::event::{EgressDecision, EgressRecord};
+use rustls::ClientConfig;
+use rustls::crypto::CryptoProvider;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+/// The broker's settings. Secrets are not part of it: they come per run in [`RunEgress`].
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// `host:port` targets on otherwise refused addresses (loopback, private, link-local, …)
+    /// that are reachable anyway. Operator setting, empty by default. Entries like
+    /// `"127.0.0.1:8443"`, `"localhost:8443"` or `"[::1]:8443"`; an entry matches the request's
+    /// host name as written or any address it resolves to. The allow-list rules still apply.
+    pub allow_private: Vec<String>,
+    /// Extra trusted roots (PEM, one or more certificates each) for upstream TLS, in addition
+    /// to the Mozilla roots from `webpki-roots`.
+    pub extra_roots_pem: Vec<String>,
+    /// The per-installation CA that signs leaf certificates for intercepted hosts.
+    pub ca: CaPem,
+    /// Limit for resolving, TCP connect and TLS handshake to an upstream.
+    pub connect_timeout: Duration,
+    /// Limit for a whole `request()` (all hops, including reading the body).
+    pub request_timeout: Duration,
+    /// `request()` keeps at most this many response body bytes (the rest is cut, `truncated`
+    /// is set). The proxy buffers (and redacts in one piece) responses of intercepted or plain
+    /// HTTP hosts up to this size when they declare a length; longer ones are streamed.
+    pub max_body_bytes: usize,
+}
+
+impl BrokerConfig {
+    /// Defaults: nothing private reachable, no extra roots, 10 s connect, 60 s request, 10 MiB.
+    pub fn new(ca: CaPem) -> Self {
+        Self {
+            allow_private: Vec::new(),
+            extra_roots_pem: Vec::new(),
+            ca,
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
+            max_body_bytes: 10 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+
+    pub(crate) fn default_port(self) -> u16 {
+        match self {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        if s.eq_ignore_ascii_case("http") {
+            Some(Scheme::Http)
+        } else if s.eq_ignore_ascii_case("https") {
+            Some(Scheme::Https)
+        } else {
+            None
+        }
+    }
+}
+
+/// The egress broker. One per process; runs are attributed by the [`RunEgress`] passed in.
+pub struct Broker {
+    pub(crate) cfg: BrokerConfig,
+    pub(crate) allow: AllowPrivate,
+    client_tls: Arc<ClientConfig>,
+    pub(crate) ca: CertAuthority,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("allow_private", &self.cfg.allow_private)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    pub fn new(cfg: BrokerConfig) -> Result<Arc<Self>, EgressError> {
+        let provider: Arc<CryptoProvider> = Arc::new(rustls::crypto::ring::default_provider());
+        let allow = AllowPrivate::parse(&cfg.allow_private)?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        for pem in &cfg.extra_roots_pem {
+            let mut any = false;
+            for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                let cert = cert.map_err(|e| EgressError::Config(format!("extra root pem: {e}")))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| EgressError::Config(format!("extra root: {e}")))?;
+                any = true;
+            }
+            if !any {
+                return Err(EgressError::Config(
+                    "extra root pem holds no certificate".into(),
+                ));
+            }
+        }
+        let mut client = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| EgressError::Config(format!("tls client config: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        // Upstream connections are spoken as HTTP/1.1 by hyper's http1 client.
+        client.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let ca = CertAuthority::new(&cfg.ca, provider)?;
+        Ok(Arc::new(Self {
+            cfg,
+            allow,
+            client_tls: Arc::new(client),
+            ca,
+        }))
+    }
+
+    /// The interception CA certificate (DER), for the sandbox's trust store.
+    pub fn ca_cert_der(&self) -> Vec<u8> {
+        self.ca.ca_der().to_vec()
+    }
+
+    /// The interception CA certificate (PEM), for the sandbox's trust store.
+    pub fn ca_cert_pem(&self) -> &str {
+        &self.cfg.ca.cert_pem
+    }
+
+    /// TCP connect to the first reachable address of an already checked list.
+    pub(crate) async fn connect_tcp(
+        &self,
+        addrs: &[SocketAddr],
+    ) -> Result<TcpStream, (UpstreamFailure, String)> {
+        let attempt = async {
+            let mut last = String::from("no address");
+            for a in addrs {
+                match TcpStream::connect(a).await {
+                    Ok(s) => {
+                        let _ = s.set_nodelay(true);
+                        return Ok(s);
+                    }
+                    Err(e) => last = format!("{a}: {e}"),
+                }
+            }
+            Err((UpstreamFailure::ConnectFailed, last))
+        };
+        match tokio::time::timeout(self.cfg.connect_timeout, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err((UpstreamFailure::ConnectTimeout, "connect timed out".into())),
+        }
+    }
+
+    /// A fresh HTTP/1.1 client connection to the upstream (TLS with normal verification for
+    /// https; SNI and certificate name are the host name, not the pinned address).
+    async fn connect_http(
+        &self,
+        scheme: Scheme,
+        host: &str,
+        addrs: &[SocketAddr],
+    ) -> Result<Sender, (UpstreamFailure, String)> {
+        let tcp = self.connect_tcp(addrs).await?;
+        let proto = |e: hyper::Error| (UpstreamFailure::ProtocolError, e.to_string());
+        match scheme {
+            Scheme::Http => {
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                    .await
+                    .map_err(proto)?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                Ok(sender)
+            }
+            Scheme::Https => {
+                let name = ServerName::try_from(host.to_owned())
+                    .map_err(|e| (UpstreamFailure::TlsFailed, e.to_string()))?;
+                let tls = tokio::time::timeout(
+                    self.cfg.connect_timeout,
+                    TlsConnector::from(self.client_tls.clone()).connect(name, tcp),
+                )
+                .await
+                .map_err(|_| {
+                    (
+                        UpstreamFailure::ConnectTimeout,
+                        "tls handshake timed out".into(),
+                    )
+                })?
+                .map_err(|e| (UpstreamFailure::TlsFailed, e.to_string()))?;
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                    .await
+                    .map_err(proto)?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                Ok(sender)
+            }
+        }
+    }
+
+    /// Checks, injects and sends one request; every outcome leaves a record in `ctx`'s log.
+    /// `pinned` are the addresses checked when an intercepted CONNECT was accepted; without
+    /// them the host is resolved and checked here. `cache` reuses one upstream connection per
+    /// client connection when consecutive requests go to the same origin.
+    pub(crate) async fn exchange(
+        &self,
+        ctx: &RunEgress,
+        out: Outbound,
+        pinned: Option<&[SocketAddr]>,
+        cache: Option<&UpstreamCache>,
+    ) -> Result<Exchanged, Failure> {
+        let path = out
+            .path_and_query
+            .split('?')
+            .next()
+            .unwrap_or("")
+            .to_owned();
+        let scheme = out.scheme.as_str();
+        let rule = match policy::check_request(
+            ctx.rules(),
+            scheme,
+            &out.host,
+            out.port,
+            &path,
+            out.method.as_str(),
+        ) {
+            Verdict::Allow(i) => i,
+            Verdict::Deny(reason) => {
+                ctx.recorder().push(denied_record(
+                    out.method.as_str(),
+                    scheme,
+                    &out.host,
+                    out.port,
+                    &path,
+                    reason.as_str(),
+                ));
+                return Err(Failure::Denied(reason));
+            }
+        };
+        let record = EgressRecord {
+            method: out.method.as_str().to_owned(),
+            scheme: scheme.to_owned(),
+            host: out.host.clone(),
+            port: out.port,
+            path: path.clone(),
+            status: None,
+            bytes_sent: 0,
+            bytes_received: 0,
+            decision: EgressDecision::Allowed,
+            // Overwritten below; stays if this future is dropped half-way.
+            reason: format!("rule:{rule} error:cancelled"),
+            credential: None,
+        };
+        let mut guard = RecordGuard::new(ctx.recorder().clone(), record, out.sent.clone());
+        let fail = |guard: &mut RecordGuard, f: UpstreamFailure, detail: String| {
+            guard.set_reason(format!("rule:{rule} error:{f}"));
+            Failure::Upstream(f, detail)
+        };
+
+        let key = (out.scheme, out.host.clone(), out.port);
+        let mut sender = cache.and_then(|c| c.take(&key));
+        if let Some(s) = &mut sender
+            && s.ready().await.is_err()
+        {
+            sender = None;
+        }
+        let mut sender = match sender {
+            Some(s) => s,
+            None => {
+                let resolved;
+                let addrs = match pinned {
+                    Some(a) => a,
+                    None => {
+                        match addr::resolve_checked(
+                            &out.host,
+                            out.port,
+                            &self.allow,
+                            self.cfg.connect_timeout,
+                        )
+                        .await
+                        {
+                            Ok(a) => {
+                                resolved = a;
+                                &resolved[..]
+                            }
+                            Err(reason) => {
+                                // Not an exchange after all: record a denial instead.
+                                drop(guard_into_denial(guard, reason));
+                                return Err(Failure::Denied(reason));
+                            }
+                        }
+                    }
+                };
+                match self.connect_http(out.scheme, &out.host, addrs).await {
+                    Ok(s) => s,
+                    Err((f, d)) => return Err(fail(&mut guard, f, d)),
+                }
+            }
+        };
+
+        let inj = Injection::for_host(ctx.credentials(), &out.host);
+        let target = inj.apply_to_target(&out.path_and_query);
+        let mut headers = out.headers;
+        strip_hop_by_hop(&mut headers);
+        if let Err(f) = inj.apply_to_headers(&mut headers) {
+            return Err(fail(
+                &mut guard,
+                f,
+                "secret is not a valid header value".into(),
+            ));
+        }
+        if !inj.is_empty() {
+            // Compressed responses cannot be scanned for an echoed secret.
+            headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
+        }
+        guard.set_credential(inj.names());
+        let host_value = HeaderValue::from_str(&host_header(out.scheme, &out.host, out.port))
+            .map_err(|_| {
+                fail(
+                    &mut guard,
+                    UpstreamFailure::ProtocolError,
+                    "bad host".into(),
+                )
+            })?;
+        headers.insert(header::HOST, host_value);
+        let uri: Uri = target.parse().map_err(|_| {
+            fail(
+                &mut guard,
+                UpstreamFailure::ProtocolError,
+                "bad target".into(),
+            )
+        })?;
+        let mut req = Request::new(out.body);
+        *req.method_mut() = out.method;
+        *req.uri_mut() = uri;
+        *req.headers_mut() = headers;
+        let response = match sender.send_request(req).await {
+            Ok(r) => r,
+            Err(e) => {
+                return Err(fail(
+                    &mut guard,
+                    UpstreamFailure::ProtocolError,
+                    e.to_string(),
+                ));
+            }
+        };
+        if let Some(c) = cache {
+            c.put(key, sender);
+        }
+        guard.set_reason(format!("rule:{rule}"));
+        guard.set_status(response.status().as_u16());
+        Ok(Exchanged { response, guard })
+    }
+}
+
+/// Turns a pending allowed record into a denial (the address check refused the host).
+fn guard_into_denial(mut guard: RecordGuard, reason: DenyReason) -> RecordGuard {
+    guard.set_reason(reason.as_str().to_owned());
+    guard.set_denied();
+    guard
+}
+
+pub(crate) type Sender = SendRequest<ProxyBody>;
+type CacheKey = (Scheme, String, u16);
+
+/// One reusable upstream connection per client connection (keep-alive towards the upstream).
+#[derive(Default)]
+pub(crate) struct UpstreamCache {
+    slot: Mutex<Option<(CacheKey, Sender)>>,
+}
+
+impl UpstreamCache {
+    fn take(&self, key: &CacheKey) -> Option<Sender> {
+        let mut slot = self.slot.lock().ok()?;
+        match slot.take() {
+            Some((k, s)) if &k == key && !s.is_closed() => Some(s),
+            _ => None,
+        }
+    }
+
+    fn put(&self, key: CacheKey, sender: Sender) {
+        if let Ok(mut slot) = self.slot.lock() {
+            *slot = Some((key, sender));
+        }
+    }
+}
+
+/// A request about to leave, as seen after parsing (host normalised).
+pub(crate) struct Outbound {
+    pub method: Method,
+    pub scheme: Scheme,
+    pub host: String,
+    pub port: u16,
+    /// Origin-form target: path and optional `?query`.
+    pub path_and_query: String,
+    pub headers: HeaderMap,
+    pub body: ProxyBody,
+    /// Counts request body bytes as they go out.
+    pub sent: Arc<AtomicU64>,
+}
+
+#[derive(Debug)]
+pub(crate) enum Failure {
+    Denied(DenyReason),
+    Upstream(UpstreamFailure, String),
+}
+
+impl From<Failure> for EgressError {
+    fn from(f: Failure) -> Self {
+        match f {
+            Failure::Denied(reason) => EgressError::Denied { reason },
+            Failure::Upstream(reason, detail) => EgressError::Upstream { reason, detail },
+        }
+    }
+}
+
+pub(crate) struct Exchanged {
+    pub response: Response<Incoming>,
+    pub guard: RecordGuard,
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) and the proxy's own: never forwarded in either
+/// direction. Framing (`transfer-encoding`) is re-done by hyper.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in [
+        "connection",
+        "proxy-connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// The `Host` header value for an origin.
+pub(crate) fn host_header(scheme: Scheme, host: &str, port: u16) -> String {
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    };
+    if port == scheme.default_port() {
+        host
+    } else {
+        format!("{host}:{port}")
+    }
+}

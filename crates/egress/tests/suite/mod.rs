@@ -1,0 +1,6 @@
+mod support;
+
+mod connect;
+mod plain;
+mod private;
+mod request;

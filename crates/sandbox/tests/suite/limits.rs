@@ -1,0 +1,139 @@
+//! Resource exhaustion: every attack is stopped by a limit, the call returns, the host is fine.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+
+#[tokio::test]
+async fn fork_bomb_is_bounded() {
+    let ws = tempfile::tempdir().unwrap();
+    let mut s = spec(
+        ws.path(),
+        ":(){ :|:& };: ; sleep 2; echo survived-bomb-0417",
+    );
+    s.limits.wall = Duration::from_secs(6);
+    s.limits.pids = 64;
+    let start = Instant::now();
+    let o = driver().exec(s).await.unwrap();
+    assert!(start.elapsed() < Duration::from_secs(10));
+    let e = err(&o);
+    assert!(
+        e.contains("Resource temporarily unavailable"),
+        "fork failed at the pids limit: {e:.500}"
+    );
+    // Everything it spawned is gone, and the host can still start processes.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(host_processes_with("survived-bomb-0417").is_empty());
+    assert!(
+        std::process::Command::new("true")
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+#[tokio::test]
+async fn memory_exhaustion_is_stopped() {
+    let ws = tempfile::tempdir().unwrap();
+    let Some(o) = py(
+        ws.path(),
+        "b = b'x' * (2 * 1024 ** 3)\nprint('allocated', len(b))",
+    )
+    .await
+    else {
+        return;
+    };
+    assert!(!out(&o).contains("allocated"));
+    let oom_killed = o.signal == Some(9);
+    let memory_error = err(&o).contains("MemoryError");
+    assert!(oom_killed || memory_error, "{o:?}");
+}
+
+#[tokio::test]
+async fn filling_the_workspace_is_stopped_by_the_file_size_limit() {
+    let ws = tempfile::tempdir().unwrap();
+    let mut s = spec(
+        ws.path(),
+        "dd if=/dev/zero of=/workspace/big bs=1M count=1000",
+    );
+    s.limits.file_bytes = 8 << 20;
+    let o = driver().exec(s).await.unwrap();
+    // dd is killed by SIGXFSZ (bash execs it directly).
+    assert_eq!(o.signal, Some(libc_sigxfsz()), "{o:?}");
+    assert_eq!(
+        std::fs::metadata(ws.path().join("big")).unwrap().len(),
+        8 << 20
+    );
+}
+
+#[tokio::test]
+async fn filling_tmp_is_stopped_by_the_tmpfs_size() {
+    let ws = tempfile::tempdir().unwrap();
+    let mut s = spec(
+        ws.path(),
+        "dd if=/dev/zero of=/tmp/big bs=1M count=100; ls -l /tmp/big",
+    );
+    s.limits.tmp_bytes = 16 << 20;
+    let o = driver().exec(s).await.unwrap();
+    assert!(err(&o).contains("No space left on device"), "{}", err(&o));
+    assert!(out(&o).contains(&(16u64 << 20).to_string()), "{}", out(&o));
+}
+
+#[tokio::test]
+async fn output_flood_is_truncated() {
+    let ws = tempfile::tempdir().unwrap();
+    let o = sh(
+        ws.path(),
+        "yes | head -c 10000000; yes err | head -c 3000000 >&2",
+    )
+    .await;
+    assert_eq!(o.exit_code, Some(0));
+    assert_eq!(o.stdout.len(), 64 << 10);
+    assert_eq!(o.stderr.len(), 64 << 10);
+    assert!(o.stdout_truncated && o.stderr_truncated);
+}
+
+#[tokio::test]
+async fn wall_clock_timeout_kills_everything() {
+    let ws = tempfile::tempdir().unwrap();
+    let mut s = spec(ws.path(), "sleep 100.0417 & sleep 100.0418");
+    s.limits.wall = Duration::from_secs(1);
+    let start = Instant::now();
+    let o = driver().exec(s).await.unwrap();
+    let took = start.elapsed();
+    assert!(o.timed_out);
+    assert_eq!((o.exit_code, o.signal), (None, Some(9)));
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    assert!(
+        host_processes_with("sleep 100.041").is_empty(),
+        "{:?}",
+        host_processes_with("sleep 100.041")
+    );
+}
+
+#[tokio::test]
+async fn background_processes_die_with_the_command() {
+    let ws = tempfile::tempdir().unwrap();
+    let o = sh(ws.path(), "(sleep 100.0416 &) ; echo started").await;
+    assert_eq!(out(&o), "started\n");
+    assert!(!o.timed_out);
+    assert!(host_processes_with("sleep 100.0416").is_empty());
+}
+
+#[tokio::test]
+async fn cpu_time_is_limited() {
+    let ws = tempfile::tempdir().unwrap();
+    let mut s = spec(ws.path(), "while :; do :; done");
+    s.limits.cpu_secs = 1;
+    let o = driver().exec(s).await.unwrap();
+    // SIGXCPU at the soft limit.
+    assert_eq!(o.signal.or(o.exit_code.map(|c| c - 128)), Some(24), "{o:?}");
+    assert!(!o.timed_out);
+}
+
+fn libc_sigxfsz() -> i32 {
+    nix::sys::signal::Signal::SIGXFSZ as i32
+}

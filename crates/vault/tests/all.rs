@@ -1,0 +1,3 @@
+//! The vault's integration tests: one binary (`mod suite`), on the SQLite store.
+
+mod suite;

@@ -1,0 +1,219 @@
+//! A store that fails the rotation's rewrap, before or after committing it.
+
+use super::{key_files, open};
+use async_trait::async_trait;
+use paddock_store::{
+    AgentRecord, Append, Claimed, Committed, DataKeyRecord, DynStore, Result, Rewrap, RunFilter,
+    SecretMeta, SecretRecord, SqliteStore, Store, StoreError,
+};
+use paddock_types::api::{AgentDefinition, Approval, ApprovalStatus, Page, Run};
+use paddock_types::event::ApprovalDecision;
+use paddock_types::{ApprovalId, Event, NewEvent, RunId, Scope};
+use paddock_vault::{KeySource, Vault, VaultError};
+use std::sync::Arc;
+use tokio::sync::broadcast;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Fault {
+    /// The rewrap fails without changing anything.
+    Before,
+    /// The rewrap commits, then the caller is told it failed.
+    AfterCommit,
+}
+
+struct Faulty {
+    inner: DynStore,
+    fault: Fault,
+}
+
+fn injected() -> StoreError {
+    StoreError::Backend("injected fault".into())
+}
+
+#[async_trait]
+impl Store for Faulty {
+    async fn rewrap_data_keys(&self, rewraps: Vec<Rewrap>) -> Result<()> {
+        if self.fault == Fault::AfterCommit {
+            self.inner.rewrap_data_keys(rewraps).await?;
+        }
+        Err(injected())
+    }
+
+    async fn put_agent(&self, scope: &Scope, def: &AgentDefinition) -> Result<AgentRecord> {
+        self.inner.put_agent(scope, def).await
+    }
+    async fn get_agent(
+        &self,
+        scope: &Scope,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Option<AgentRecord>> {
+        self.inner.get_agent(scope, name, version).await
+    }
+    async fn list_agents(&self, scope: &Scope) -> Result<Vec<AgentRecord>> {
+        self.inner.list_agents(scope).await
+    }
+    async fn create_run(&self, scope: &Scope, id: &RunId, first: NewEvent) -> Result<Run> {
+        self.inner.create_run(scope, id, first).await
+    }
+    async fn get_run(&self, scope: &Scope, id: &RunId) -> Result<Option<Run>> {
+        self.inner.get_run(scope, id).await
+    }
+    async fn list_runs(
+        &self,
+        scope: &Scope,
+        filter: &RunFilter,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<Run>> {
+        self.inner.list_runs(scope, filter, cursor, limit).await
+    }
+    async fn append(&self, scope: &Scope, batch: Append) -> Result<Run> {
+        self.inner.append(scope, batch).await
+    }
+    async fn events(
+        &self,
+        scope: &Scope,
+        run_id: &RunId,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<Event>> {
+        self.inner.events(scope, run_id, after, limit).await
+    }
+    async fn get_approval(
+        &self,
+        scope: &Scope,
+        run_id: &RunId,
+        id: &ApprovalId,
+    ) -> Result<Option<Approval>> {
+        self.inner.get_approval(scope, run_id, id).await
+    }
+    async fn list_approvals(
+        &self,
+        scope: &Scope,
+        status: Option<ApprovalStatus>,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<Approval>> {
+        self.inner
+            .list_approvals(scope, status, cursor, limit)
+            .await
+    }
+    async fn decide_approval(
+        &self,
+        scope: &Scope,
+        run_id: &RunId,
+        id: &ApprovalId,
+        decision: ApprovalDecision,
+        comment: Option<String>,
+    ) -> Result<Run> {
+        self.inner
+            .decide_approval(scope, run_id, id, decision, comment)
+            .await
+    }
+    async fn claim(&self, worker: &str, lease_ms: i64, limit: u32) -> Result<Vec<Claimed>> {
+        self.inner.claim(worker, lease_ms, limit).await
+    }
+    async fn renew(&self, worker: &str, runs: &[RunId], lease_ms: i64) -> Result<Vec<RunId>> {
+        self.inner.renew(worker, runs, lease_ms).await
+    }
+    async fn release(&self, worker: &str, run_id: &RunId) -> Result<()> {
+        self.inner.release(worker, run_id).await
+    }
+    fn subscribe(&self) -> broadcast::Receiver<Committed> {
+        self.inner.subscribe()
+    }
+    async fn put_data_key(&self, scope: &Scope, key: DataKeyRecord) -> Result<bool> {
+        self.inner.put_data_key(scope, key).await
+    }
+    async fn data_keys(&self, scope: &Scope) -> Result<Vec<DataKeyRecord>> {
+        self.inner.data_keys(scope).await
+    }
+    async fn all_data_keys(&self) -> Result<Vec<(Scope, DataKeyRecord)>> {
+        self.inner.all_data_keys().await
+    }
+    async fn put_secret(&self, scope: &Scope, secret: SecretRecord) -> Result<SecretMeta> {
+        self.inner.put_secret(scope, secret).await
+    }
+    async fn get_secret(&self, scope: &Scope, name: &str) -> Result<Option<SecretRecord>> {
+        self.inner.get_secret(scope, name).await
+    }
+    async fn list_secrets(&self, scope: &Scope) -> Result<Vec<SecretMeta>> {
+        self.inner.list_secrets(scope).await
+    }
+    async fn delete_secret(&self, scope: &Scope, name: &str) -> Result<bool> {
+        self.inner.delete_secret(scope, name).await
+    }
+    async fn all_secrets(&self, scope: &Scope) -> Result<Vec<SecretRecord>> {
+        self.inner.all_secrets(scope).await
+    }
+}
+
+async fn faulty_vault(dir: &std::path::Path, fault: Fault) -> (DynStore, Vault) {
+    let inner: DynStore = SqliteStore::open(dir).unwrap();
+    let store: DynStore = Arc::new(Faulty {
+        inner: Arc::clone(&inner),
+        fault,
+    });
+    let vault = Vault::open_with(store, dir, KeySource::File).await.unwrap();
+    (inner, vault)
+}
+
+#[tokio::test]
+async fn a_rewrap_that_fails_leaves_the_old_key_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Scope::default_workspace();
+    {
+        let (_store, vault) = open(dir.path()).await;
+        vault.put(&s, "token", "value-1234").await.unwrap();
+    }
+    let key_text = std::fs::read_to_string(dir.path().join("master.key")).unwrap();
+
+    let (_inner, vault) = faulty_vault(dir.path(), Fault::Before).await;
+    let old_id = vault.master_key_id().await;
+    let err = vault.rotate_master_key().await.unwrap_err();
+    assert!(matches!(err, VaultError::Store(_)), "{err}");
+    // Files and memory agree with the database again: the old key.
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("master.key")).unwrap(),
+        key_text
+    );
+    assert_eq!(key_files(dir.path()), ["master.key"]);
+    assert_eq!(vault.master_key_id().await, old_id);
+    assert_eq!(
+        vault.get(&s, "token").await.unwrap().unwrap().expose(),
+        "value-1234"
+    );
+    drop((_inner, vault));
+    let (_store, vault) = open(dir.path()).await;
+    assert_eq!(vault.master_key_id().await, old_id);
+    assert_eq!(
+        vault.get(&s, "token").await.unwrap().unwrap().expose(),
+        "value-1234"
+    );
+}
+
+#[tokio::test]
+async fn a_rewrap_that_committed_despite_an_error_completes_the_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Scope::default_workspace();
+    {
+        let (_store, vault) = open(dir.path()).await;
+        vault.put(&s, "token", "value-1234").await.unwrap();
+    }
+
+    let (inner, vault) = faulty_vault(dir.path(), Fault::AfterCommit).await;
+    let report = vault.rotate_master_key().await.unwrap();
+    assert_eq!(vault.master_key_id().await, report.new_master_key_id);
+    for (_, k) in inner.all_data_keys().await.unwrap() {
+        assert_eq!(k.master_key_id, report.new_master_key_id);
+    }
+    assert_eq!(key_files(dir.path()), ["master.key"]);
+    assert_eq!(
+        vault.get(&s, "token").await.unwrap().unwrap().expose(),
+        "value-1234"
+    );
+    drop((inner, vault));
+    let (_store, vault) = open(dir.path()).await;
+    assert_eq!(vault.master_key_id().await, report.new_master_key_id);
+}
