@@ -13,6 +13,7 @@
 
 mod drive;
 pub mod sandboxed;
+mod waiters;
 
 pub use sandboxed::SandboxTools;
 
@@ -105,6 +106,7 @@ pub struct Engine {
     /// Runs this process is advancing, with the token that stops them.
     active: Mutex<HashMap<RunId, CancellationToken>>,
     slots: Arc<Semaphore>,
+    waiters: waiters::Waiters,
     wake: Notify,
     shutdown: CancellationToken,
 }
@@ -126,6 +128,7 @@ impl Engine {
             agents: RwLock::new(HashMap::new()),
             active: Mutex::new(HashMap::new()),
             slots,
+            waiters: waiters::Waiters::default(),
             wake: Notify::new(),
             shutdown: CancellationToken::new(),
         })
@@ -283,9 +286,13 @@ impl Engine {
 
     /// Waits until the run is terminal or `timeout` passes; returns its latest projection.
     pub async fn wait(&self, scope: &Scope, id: &RunId, timeout: Duration) -> Result<Run> {
-        let mut rx = self.store.subscribe();
+        let waiter = self.waiters.register(&self.store, id);
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
+            // Armed before reading, so an end committed in between is not missed.
+            let ended = waiter.notify.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
             let run = self
                 .store
                 .get_run(scope, id)
@@ -294,16 +301,8 @@ impl Engine {
             if run.status.is_terminal() {
                 return Ok(run);
             }
-            // Wait for a commit of this run that is past what we saw (or give up at the deadline).
-            loop {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Err(_) => return Ok(run),
-                    Ok(Ok(c)) if c.run_id == *id && c.last_seq > run.last_seq => break,
-                    Ok(Ok(_)) => {}
-                    // Lagged: we may have missed ours, so re-read.
-                    Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => break,
-                    Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return Ok(run),
-                }
+            if tokio::time::timeout_at(deadline, ended).await.is_err() {
+                return Ok(run);
             }
         }
     }
