@@ -226,7 +226,9 @@ impl ProcessDriver {
             "/proc", "/sys", "/dev", "/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64",
             "/boot",
         ];
-        if canon.components().count() < 3 || SYSTEM.iter().any(|s| canon.starts_with(s)) {
+        // /dev/shm is an ordinary tmpfs (a common TMPDIR), not a device folder.
+        let system = SYSTEM.iter().any(|s| canon.starts_with(s)) && !canon.starts_with("/dev/shm");
+        if canon.components().count() < 3 || system {
             return Err(SandboxError::InvalidSpec(format!(
                 "workspace {} is a system folder",
                 canon.display()
