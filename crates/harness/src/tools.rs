@@ -240,9 +240,15 @@ impl ToolExecutor for WorkspaceTools {
     }
 
     async fn execute(&self, ctx: ToolContext<'_>, call: &ToolCall) -> ToolOutput {
-        // Small local file operations: running them inline costs less than a thread hop, and the
-        // sizes are capped above.
-        match self.run(ctx.run_id, call) {
+        // File system calls can block for milliseconds (creating a workspace allocates inodes);
+        // on the blocking pool they do not stall the runtime's few worker threads.
+        let tools = self.clone();
+        let run_id = ctx.run_id.clone();
+        let call = call.clone();
+        let result = tokio::task::spawn_blocking(move || tools.run(&run_id, &call))
+            .await
+            .unwrap_or_else(|e| Err(format!("tool task failed: {e}")));
+        match result {
             Ok(out) => ToolOutput::ok(out),
             Err(e) => ToolOutput::error(e),
         }
