@@ -223,6 +223,7 @@ async fn waiting_rss(n: usize) -> Result<f64> {
         l.local_addr()?.port()
     };
     let exe = std::env::current_exe()?;
+    let admin_key = paddock_vault::new_api_key_secret()?;
     let mut child = tokio::process::Command::new(exe)
         .arg("serve")
         .arg("--listen")
@@ -232,13 +233,14 @@ async fn waiting_rss(n: usize) -> Result<f64> {
         .arg("--agents")
         .arg(dir.path().join("agents"))
         .env("PADDOCK_LOG", "warn")
+        .env(crate::serve::ENV_ADMIN_KEY, &admin_key)
         .kill_on_drop(true)
         .stdin(std::process::Stdio::null())
         .spawn()
         .context("cannot start paddock serve")?;
     let pid = child.id().context("server has no pid")?;
     let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
+    let http = crate::client::http_client(Some(&admin_key))?;
     let mut up = false;
     for _ in 0..200 {
         if http.get(format!("{base}/healthz")).send().await.is_ok() {

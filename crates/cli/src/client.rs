@@ -62,6 +62,15 @@ pub async fn send(base: &str, req: reqwest::RequestBuilder) -> Result<serde_json
     })?;
     let status = resp.status();
     let body = resp.bytes().await?;
+    if status == reqwest::StatusCode::UNAUTHORIZED {
+        let detail = serde_json::from_slice::<Problem>(&body)
+            .map(|p| p.detail)
+            .unwrap_or_default();
+        bail!(
+            "401 [unauthenticated]: {detail}; pass --api-key or set PADDOCK_API_KEY (the first \
+             `paddock serve` printed an admin key)"
+        );
+    }
     if !status.is_success() {
         if let Ok(p) = serde_json::from_slice::<Problem>(&body) {
             bail!("{} [{}]: {}", status.as_u16(), p.code, p.detail);
@@ -74,9 +83,29 @@ pub async fn send(base: &str, req: reqwest::RequestBuilder) -> Result<serde_json
     serde_json::from_slice(&body).context("server sent invalid JSON")
 }
 
-pub async fn runs(server: &str, action: RunsAction, output: Output) -> Result<ExitCode> {
+/// An HTTP client that sends `api_key` as a bearer token on every request.
+pub fn http_client(api_key: Option<&str>) -> Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(key) = api_key.filter(|k| !k.is_empty()) {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
+            .context("the API key contains characters that cannot be sent in a header")?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .context("cannot build the HTTP client")
+}
+
+pub async fn runs(
+    server: &str,
+    api_key: Option<&str>,
+    action: RunsAction,
+    output: Output,
+) -> Result<ExitCode> {
     let base = server.trim_end_matches('/');
-    let http = reqwest::Client::new();
+    let http = http_client(api_key)?;
     let req = match &action {
         RunsAction::Get { id, wait } => {
             let mut r = http.get(format!("{base}/v1/runs/{id}"));

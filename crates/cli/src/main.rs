@@ -2,6 +2,7 @@
 //! `runs` talks to a server; `mock-llm` serves a fake model for offline use; `bench` measures.
 //! Data goes to stdout, everything for humans to stderr.
 
+mod admin;
 mod bench;
 mod client;
 mod config;
@@ -75,6 +76,9 @@ enum Command {
         server: String,
         #[arg(long, value_enum, default_value_t, global = true)]
         output: Output,
+        /// API key (`pdk_…`) sent as `Authorization: Bearer`
+        #[arg(long, env = "PADDOCK_API_KEY", global = true, hide_env_values = true)]
+        api_key: Option<String>,
         #[command(subcommand)]
         action: client::RunsAction,
     },
@@ -85,8 +89,37 @@ enum Command {
         server: String,
         #[arg(long, value_enum, default_value_t, global = true)]
         output: Output,
+        /// API key (`pdk_…`) sent as `Authorization: Bearer`
+        #[arg(long, env = "PADDOCK_API_KEY", global = true, hide_env_values = true)]
+        api_key: Option<String>,
         #[command(subcommand)]
         action: secrets::SecretsAction,
+    },
+    /// Manage a server's API keys (admin or owner key)
+    Keys {
+        /// Server URL
+        #[arg(long, env = "PADDOCK_SERVER", default_value = "http://127.0.0.1:8420")]
+        server: String,
+        #[arg(long, value_enum, default_value_t, global = true)]
+        output: Output,
+        /// API key (`pdk_…`) sent as `Authorization: Bearer`
+        #[arg(long, env = "PADDOCK_API_KEY", global = true, hide_env_values = true)]
+        api_key: Option<String>,
+        #[command(subcommand)]
+        action: admin::KeysAction,
+    },
+    /// Manage the workspaces of the key's org (admin or owner key)
+    Workspaces {
+        /// Server URL
+        #[arg(long, env = "PADDOCK_SERVER", default_value = "http://127.0.0.1:8420")]
+        server: String,
+        #[arg(long, value_enum, default_value_t, global = true)]
+        output: Output,
+        /// API key (`pdk_…`) sent as `Authorization: Bearer`
+        #[arg(long, env = "PADDOCK_API_KEY", global = true, hide_env_values = true)]
+        api_key: Option<String>,
+        #[command(subcommand)]
+        action: admin::WorkspacesAction,
     },
     /// Vault key management on a data folder (with the server stopped)
     Vault {
@@ -191,13 +224,27 @@ async fn dispatch(cli: Cli) -> Result<std::process::ExitCode> {
         Command::Runs {
             server,
             output,
+            api_key,
             action,
-        } => client::runs(&server, action, output).await,
+        } => client::runs(&server, api_key.as_deref(), action, output).await,
         Command::Secrets {
             server,
             output,
+            api_key,
             action,
-        } => secrets::secrets(&server, action, output).await,
+        } => secrets::secrets(&server, api_key.as_deref(), action, output).await,
+        Command::Keys {
+            server,
+            output,
+            api_key,
+            action,
+        } => admin::keys(&server, api_key.as_deref(), action, output).await,
+        Command::Workspaces {
+            server,
+            output,
+            api_key,
+            action,
+        } => admin::workspaces(&server, api_key.as_deref(), action, output).await,
         Command::Vault {
             data_dir,
             output,

@@ -23,9 +23,14 @@ pub enum SecretsAction {
     Delete { name: String },
 }
 
-pub async fn secrets(server: &str, action: SecretsAction, output: Output) -> Result<ExitCode> {
+pub async fn secrets(
+    server: &str,
+    api_key: Option<&str>,
+    action: SecretsAction,
+    output: Output,
+) -> Result<ExitCode> {
     let base = server.trim_end_matches('/');
-    let http = reqwest::Client::new();
+    let http = crate::client::http_client(api_key)?;
     let value = match action {
         SecretsAction::Set { name, value } => {
             let value = match value {

@@ -198,6 +198,7 @@ pub async fn serve(file: Option<&Path>, o: &config::Overrides) -> Result<()> {
     )
     .await?;
     let agents = register_agents(&engine, cfg.agents_dir.as_deref()).await?;
+    bootstrap_admin_key(engine.store()).await?;
     engine.start();
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -217,6 +218,55 @@ pub async fn serve(file: Option<&Path>, o: &config::Overrides) -> Result<()> {
         .await?;
     engine.shutdown();
     tracing::info!("paddock stopped");
+    Ok(())
+}
+
+/// The environment variable that supplies the first owner key instead of a generated one.
+pub const ENV_ADMIN_KEY: &str = "PADDOCK_ADMIN_KEY";
+
+/// On a store without any API key: creates the default org and workspace and an owner key,
+/// `PADDOCK_ADMIN_KEY` if set, else a generated one printed once to stderr. Never logs a key.
+pub async fn bootstrap_admin_key(store: &DynStore) -> Result<()> {
+    let supplied = std::env::var(ENV_ADMIN_KEY).ok().filter(|k| !k.is_empty());
+    if let Some(k) = &supplied
+        && !paddock_vault::is_api_key_secret(k)
+    {
+        anyhow::bail!(
+            "{ENV_ADMIN_KEY} must look like `pdk_` followed by at least {} letters, digits, `-` or `_`",
+            paddock_vault::API_KEY_MIN_LEN
+        );
+    }
+    if store.count_api_keys().await? > 0 {
+        return Ok(());
+    }
+    let scope = Scope::default_workspace();
+    store.ensure_workspace(&scope, "default").await?;
+    let secret = match &supplied {
+        Some(k) => k.clone(),
+        None => paddock_vault::new_api_key_secret()?,
+    };
+    let record = paddock_store::KeyRecord {
+        id: paddock_types::KeyId::new(),
+        name: "admin (bootstrap)".to_owned(),
+        role: paddock_types::Role::Owner,
+        prefix: paddock_vault::api_key_display_prefix(&secret),
+        secret_hash: paddock_vault::hash_api_key(&secret),
+        created_at: paddock_types::time::now_ms(),
+        expires_at: None,
+        revoked_at: None,
+        last_used_at: None,
+    };
+    store.create_api_key(&scope, record).await?;
+    if supplied.is_some() {
+        tracing::info!("registered {ENV_ADMIN_KEY} as the owner key of the default workspace");
+    } else {
+        eprintln!(
+            "\n============================================================\n\
+             admin API key (shown once, store it now):\n\n    {secret}\n\n\
+             use it with: export PADDOCK_API_KEY=<the key above>\n\
+             ============================================================\n"
+        );
+    }
     Ok(())
 }
 

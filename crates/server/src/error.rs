@@ -77,6 +77,9 @@ impl From<StoreError> for ApiError {
                 "invalid_cursor",
                 "the cursor is not valid for this listing; start again without it",
             ),
+            StoreError::AlreadyExists(_) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
             StoreError::Conflict { .. }
             | StoreError::Terminal(_)
             | StoreError::AgentVersionExists { .. }
@@ -106,11 +109,18 @@ impl IntoResponse for ApiError {
             instance: None,
         };
         let body = serde_json::to_vec(&problem).unwrap_or_default();
-        (
+        let mut resp = (
             self.status,
             [(header::CONTENT_TYPE, "application/problem+json")],
             body,
         )
-            .into_response()
+            .into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        resp
     }
 }

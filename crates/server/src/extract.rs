@@ -96,14 +96,16 @@ where
     }
 }
 
-/// The tenant a request acts in. Until authentication lands every request acts in the default
-/// workspace; this extractor is the one place that will change.
+/// The tenant a request acts in: the scope of the request's API key, which the route's
+/// permission check ([`crate::auth::require`]) put there.
 pub struct TenantScope(pub Scope);
 
 impl<S: Send + Sync> FromRequestParts<S> for TenantScope {
     type Rejection = ApiError;
 
-    async fn from_request_parts(_parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
-        Ok(TenantScope(Scope::default_workspace()))
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        crate::auth::Principal::from_request_parts(parts, state)
+            .await
+            .map(|p| TenantScope(p.scope))
     }
 }

@@ -2,25 +2,28 @@
 //! binary's job, so tests drive the same router in-process. Handlers translate HTTP to engine
 //! calls and back; they hold no business logic.
 
+mod auth;
 mod error;
 mod events;
 mod extract;
 mod openapi;
 mod secrets;
 
+pub use auth::Principal;
 pub use error::ApiError;
 
 use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::Method;
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, delete, get, post, put};
 use axum::{Json, Router};
 use extract::{ApiJson, ApiQuery, TenantScope};
 use paddock_engine::Engine;
 use paddock_store::RunFilter;
 use paddock_types::api::{AgentDefinition, ApprovalStatus, CreateRun, DecideApproval};
 use paddock_types::manifest::validate_agent_name;
-use paddock_types::{ApprovalId, RunId, RunStatus};
+use paddock_types::{ApprovalId, Permission, RunId, RunStatus};
 use serde::Deserialize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,27 +39,165 @@ pub struct AppState {
     pub vault: Arc<paddock_vault::Vault>,
 }
 
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/docs", get(docs))
-        .route("/v1/openapi.json", get(openapi_json))
-        .route("/v1/runs", post(create_run).get(list_runs))
-        .route("/v1/runs/{id}", get(get_run))
-        .route("/v1/runs/{id}/cancel", post(cancel_run))
-        .route("/v1/runs/{id}/events", get(events::run_events))
-        .route(
+/// One route of the API: what [`router`] serves, what the OpenAPI document lists, and what the
+/// isolation and permission tests walk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    pub method: Method,
+    /// axum path template (`/v1/runs/{id}`), the same as in the OpenAPI document.
+    pub path: &'static str,
+    /// The permission the caller's key must hold; `None` for the public routes.
+    pub permission: Option<Permission>,
+}
+
+/// THE route table. A route exists only if it is here, and every `/v1` route but the OpenAPI
+/// document names its permission.
+fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
+    use Permission as P;
+    let r = |method: Method, path: &'static str, permission: Option<Permission>, h| {
+        (
+            RouteSpec {
+                method,
+                path,
+                permission,
+            },
+            h,
+        )
+    };
+    vec![
+        r(Method::GET, "/healthz", None, get(healthz)),
+        r(Method::GET, "/docs", None, get(docs)),
+        r(Method::GET, "/v1/openapi.json", None, get(openapi_json)),
+        r(
+            Method::POST,
+            "/v1/runs",
+            Some(P::RunsCreate),
+            post(create_run),
+        ),
+        r(Method::GET, "/v1/runs", Some(P::RunsRead), get(list_runs)),
+        r(
+            Method::GET,
+            "/v1/runs/{id}",
+            Some(P::RunsRead),
+            get(get_run),
+        ),
+        r(
+            Method::POST,
+            "/v1/runs/{id}/cancel",
+            Some(P::RunsCancel),
+            post(cancel_run),
+        ),
+        r(
+            Method::GET,
+            "/v1/runs/{id}/events",
+            Some(P::RunsRead),
+            get(events::run_events),
+        ),
+        r(
+            Method::GET,
             "/v1/runs/{id}/approvals/{approval_id}",
-            get(get_approval).post(decide_approval),
-        )
-        .route("/v1/approvals", get(list_approvals))
-        .route("/v1/agents", get(list_agents))
-        .route("/v1/agents/{name}", get(get_agent).put(put_agent))
-        .route("/v1/secrets", get(secrets::list_secrets))
-        .route(
+            Some(P::ApprovalsRead),
+            get(get_approval),
+        ),
+        r(
+            Method::POST,
+            "/v1/runs/{id}/approvals/{approval_id}",
+            Some(P::ApprovalsDecide),
+            post(decide_approval),
+        ),
+        r(
+            Method::GET,
+            "/v1/approvals",
+            Some(P::ApprovalsRead),
+            get(list_approvals),
+        ),
+        r(
+            Method::GET,
+            "/v1/agents",
+            Some(P::AgentsRead),
+            get(list_agents),
+        ),
+        r(
+            Method::GET,
+            "/v1/agents/{name}",
+            Some(P::AgentsRead),
+            get(get_agent),
+        ),
+        r(
+            Method::PUT,
+            "/v1/agents/{name}",
+            Some(P::AgentsWrite),
+            put(put_agent),
+        ),
+        r(
+            Method::GET,
+            "/v1/secrets",
+            Some(P::SecretsRead),
+            get(secrets::list_secrets),
+        ),
+        r(
+            Method::PUT,
             "/v1/secrets/{name}",
-            axum::routing::put(secrets::put_secret).delete(secrets::delete_secret),
-        )
+            Some(P::SecretsWrite),
+            put(secrets::put_secret),
+        ),
+        r(
+            Method::DELETE,
+            "/v1/secrets/{name}",
+            Some(P::SecretsWrite),
+            delete(secrets::delete_secret),
+        ),
+        r(
+            Method::GET,
+            "/v1/keys",
+            Some(P::KeysRead),
+            get(auth::list_keys),
+        ),
+        r(
+            Method::POST,
+            "/v1/keys",
+            Some(P::KeysWrite),
+            post(auth::create_key),
+        ),
+        r(
+            Method::DELETE,
+            "/v1/keys/{id}",
+            Some(P::KeysWrite),
+            delete(auth::revoke_key),
+        ),
+        r(
+            Method::GET,
+            "/v1/workspaces",
+            Some(P::WorkspacesRead),
+            get(auth::list_workspaces),
+        ),
+        r(
+            Method::POST,
+            "/v1/workspaces",
+            Some(P::WorkspacesWrite),
+            post(auth::create_workspace),
+        ),
+    ]
+}
+
+/// Every route the router answers, with its permission.
+pub fn routes() -> Vec<RouteSpec> {
+    table().into_iter().map(|(spec, _)| spec).collect()
+}
+
+pub fn router(state: AppState) -> Router {
+    let mut router = Router::new();
+    for (spec, handler) in table() {
+        let handler = match spec.permission {
+            Some(permission) => handler.route_layer(axum::middleware::from_fn_with_state(
+                (state.clone(), permission),
+                auth::require,
+            )),
+            None => handler,
+        };
+        router = router.route(spec.path, handler);
+    }
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

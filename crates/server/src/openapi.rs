@@ -39,7 +39,36 @@ fn param(name: &str, location: &str, description: &str, schema: Value) -> Value 
     json!({"name": name, "in": location, "required": location == "path", "description": description, "schema": schema})
 }
 
+/// The document: the hand-written paths below, then from the route table ([`crate::routes`])
+/// every authenticated operation gets the bearer `security`, its `x-permission` and the 401/403
+/// answers, so the document cannot disagree with what the router enforces.
 pub fn document() -> Value {
+    let mut doc = paths_and_schemas();
+    for route in crate::routes() {
+        let Some(permission) = route.permission else {
+            continue;
+        };
+        let method = route.method.as_str().to_ascii_lowercase();
+        if let Some(op) = doc
+            .pointer_mut(&format!(
+                "/paths/{}/{method}",
+                route.path.replace('/', "~1")
+            ))
+            .and_then(Value::as_object_mut)
+        {
+            op.insert("security".to_owned(), json!([{"bearer": []}]));
+            op.insert("x-permission".to_owned(), json!(permission.as_str()));
+            if let (Some(Value::Object(responses)), Value::Object(errs)) =
+                (op.get_mut("responses"), problem_responses(&[401, 403]))
+            {
+                responses.extend(errs);
+            }
+        }
+    }
+    doc
+}
+
+fn paths_and_schemas() -> Value {
     let run_id = param("id", "path", "run id (`run_…`)", json!({"type": "string"}));
     let wait = param(
         "wait",
@@ -52,7 +81,24 @@ pub fn document() -> Value {
         "info": {"title": "Paddock API", "version": env!("CARGO_PKG_VERSION"),
                  "description": "Durable, governed agent runs. Errors are RFC 9457 problem+json with a stable `code`."},
         "paths": {
-            "/healthz": {"get": {"summary": "Liveness", "responses": json_ok("200", "ok", json!({"type": "object"}))}},
+            "/healthz": {"get": {"summary": "Liveness (public)", "responses": json_ok("200", "ok", json!({"type": "object"}))}},
+            "/docs": {"get": {"summary": "This API as a readable page (public)", "responses": {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}}}},
+            "/v1/openapi.json": {"get": {"summary": "This document (public)", "responses": json_ok("200", "OpenAPI 3.1", json!({"type": "object"}))}},
+            "/v1/keys": {
+                "get": {"summary": "List the workspace's API keys (never their secrets)",
+                    "responses": json_ok("200", "keys", json!({"type": "object", "properties": {"data": {"type": "array", "items": r("ApiKeyInfo")}}}))},
+                "post": {"summary": "Create an API key; its secret is in this answer only. The role may not be above the caller's; `workspace` (another workspace of the org) is for owner keys",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": r("CreateKey")}}},
+                    "responses": with_errors(json_ok("201", "the key and its secret (shown once)", r("CreatedKey")), &[400, 404, 415, 422])}},
+            "/v1/keys/{id}": {"delete": {"summary": "Revoke an API key (effective at once)",
+                "parameters": [param("id", "path", "key id (`key_…`)", json!({"type": "string"}))],
+                "responses": with_errors(json!({"204": {"description": "revoked"}}), &[404])}},
+            "/v1/workspaces": {
+                "get": {"summary": "List the workspaces of the caller's org",
+                    "responses": json_ok("200", "workspaces", json!({"type": "object", "properties": {"data": {"type": "array", "items": r("WorkspaceInfo")}}}))},
+                "post": {"summary": "Create a workspace in the caller's org",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {"name": {"type": "string"}}}}}},
+                    "responses": with_errors(json_ok("201", "the workspace", r("WorkspaceInfo")), &[400, 409, 415, 422])}},
             "/v1/runs": {
                 "post": {"summary": "Start a run", "parameters": [wait],
                     "requestBody": {"required": true, "content": {"application/json": {"schema": r("CreateRun")}}},
@@ -108,7 +154,23 @@ pub fn document() -> Value {
                 "delete": {"summary": "Delete a secret", "parameters": [param("name", "path", "secret name", json!({"type": "string"}))],
                     "responses": with_errors(json!({"204": {"description": "deleted"}}), &[404])}}
         },
-        "components": {"schemas": {
+        "components": {
+          "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "pdk_…",
+              "description": "An API key. The first `paddock serve` prints an owner key (or takes PADDOCK_ADMIN_KEY); create more with POST /v1/keys."}},
+          "schemas": {
+            "Role": {"type": "string", "enum": ["viewer", "operator", "developer", "admin", "owner"]},
+            "CreateKey": {"type": "object", "required": ["name", "role"], "additionalProperties": false, "properties": {
+                "name": {"type": "string"}, "role": r("Role"), "expires_in_secs": {"type": "integer", "minimum": 1},
+                "workspace": {"type": "string", "description": "another workspace of the org (owner keys only)"}}},
+            "ApiKeyInfo": {"type": "object", "required": ["id", "name", "role", "workspace", "prefix", "created_at"], "properties": {
+                "id": {"type": "string"}, "name": {"type": "string"}, "role": r("Role"), "workspace": {"type": "string"},
+                "prefix": {"type": "string", "description": "the secret's first characters"},
+                "created_at": {"type": "string", "format": "date-time"}, "expires_at": {"type": ["string", "null"], "format": "date-time"},
+                "revoked_at": {"type": ["string", "null"], "format": "date-time"}, "last_used_at": {"type": ["string", "null"], "format": "date-time"}}},
+            "CreatedKey": {"type": "object", "required": ["key", "secret"], "properties": {"key": r("ApiKeyInfo"),
+                "secret": {"type": "string", "description": "`pdk_…`: shown once, stored only hashed"}}},
+            "WorkspaceInfo": {"type": "object", "required": ["id", "name", "created_at"], "properties": {
+                "id": {"type": "string"}, "name": {"type": "string"}, "created_at": {"type": "string", "format": "date-time"}}},
             "SecretInfo": {"type": "object", "required": ["name", "created_at", "updated_at"], "properties": {
                 "name": {"type": "string"}, "created_at": {"type": "string", "format": "date-time"}, "updated_at": {"type": "string", "format": "date-time"}}},
             "Problem": {"type": "object", "required": ["type", "title", "status", "code", "detail"], "properties": {

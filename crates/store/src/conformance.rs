@@ -32,7 +32,7 @@
 //! as opaque.
 
 use crate::{
-    Append, Claimed, Committed, DataKeyRecord, DynStore, Rewrap, RunFilter, SecretMeta,
+    Append, Claimed, Committed, DataKeyRecord, DynStore, KeyRecord, Rewrap, RunFilter, SecretMeta,
     SecretRecord, Store, StoreError,
 };
 use paddock_types::api::{AgentDefinition, ApprovalStatus, Run};
@@ -43,6 +43,7 @@ use paddock_types::{
     AgentManifest, ApprovalId, ErrorCode, EventKind, NewEvent, OrgId, RunId, RunStatus, Scope,
     ToolCall, WorkspaceId,
 };
+use paddock_types::{KeyId, Role};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -98,6 +99,8 @@ pub const CHECKS: &[(&str, Check)] = &[
     ("secret_scope_isolation", |s| {
         Box::pin(secret_scope_isolation(s))
     }),
+    ("workspaces", |s| Box::pin(workspaces(s))),
+    ("api_keys", |s| Box::pin(api_keys(s))),
 ];
 
 /// Runs every check, each on a store from `fresh`; the second value `fresh` returns is dropped
@@ -1591,5 +1594,136 @@ pub async fn secret_scope_isolation(store: DynStore) -> Outcome {
     );
     ensure_eq!(store.get_secret(&s, "token").await?, Some(mine));
     ensure_eq!(store.get_secret(&other_ws, "token").await?, None);
+    Ok(())
+}
+
+/// A key record with a made-up hash.
+pub fn key_record(name: &str, role: Role, hash: &str) -> KeyRecord {
+    KeyRecord {
+        id: KeyId::new(),
+        name: name.to_owned(),
+        role,
+        prefix: "pdk_test".to_owned(),
+        secret_hash: hash.to_owned(),
+        created_at: 1_000,
+        expires_at: None,
+        revoked_at: None,
+        last_used_at: None,
+    }
+}
+
+pub async fn workspaces(store: DynStore) -> Outcome {
+    let s = Scope::default_workspace();
+    // No org yet: nothing can be created in it.
+    ensure_matches!(
+        store.create_workspace(&s, "prod").await,
+        Err(StoreError::NotFound("org"))
+    );
+    store.ensure_workspace(&s, "default").await?;
+    store.ensure_workspace(&s, "renamed?").await?;
+    let list = store.list_workspaces(&s).await?;
+    ensure_eq!(list.len(), 1);
+    ensure_eq!(list[0].id, s.workspace);
+    ensure_eq!(list[0].name, "default");
+    let prod = store.create_workspace(&s, "prod").await?;
+    ensure_matches!(
+        store.create_workspace(&s, "prod").await,
+        Err(StoreError::AlreadyExists("workspace"))
+    );
+    let names: Vec<String> = store
+        .list_workspaces(&s)
+        .await?
+        .into_iter()
+        .map(|w| w.name)
+        .collect();
+    ensure_eq!(names, vec!["default".to_owned(), "prod".to_owned()]);
+    // Another org sees none of them, and may reuse the name.
+    let other = scope_of("org_other", "ws_other", None)?;
+    store.ensure_workspace(&other, "default").await?;
+    let theirs = store.list_workspaces(&other).await?;
+    ensure_eq!(theirs.len(), 1);
+    ensure!(theirs[0].id != prod.id, "listed another org's workspace");
+    store.create_workspace(&other, "prod").await?;
+    Ok(())
+}
+
+pub async fn api_keys(store: DynStore) -> Outcome {
+    let a = Scope::default_workspace();
+    let b = scope_of("org_default", "ws_b", None)?;
+    let other_org = scope_of("org_x", "ws_default", None)?;
+    ensure_eq!(store.count_api_keys().await?, 0);
+    // A key needs an existing workspace.
+    ensure_matches!(
+        store
+            .create_api_key(&a, key_record("k", Role::Owner, "h0"))
+            .await,
+        Err(StoreError::NotFound("workspace"))
+    );
+    store.ensure_workspace(&a, "a").await?;
+    store.ensure_workspace(&b, "b").await?;
+    store.ensure_workspace(&other_org, "x").await?;
+    let ka = key_record("ka", Role::Owner, "hash-a");
+    let kb = key_record("kb", Role::Viewer, "hash-b");
+    store.create_api_key(&a, ka.clone()).await?;
+    store.create_api_key(&b, kb.clone()).await?;
+    ensure_eq!(store.count_api_keys().await?, 2);
+    // The same secret hash twice is refused (it would make authentication ambiguous).
+    ensure!(
+        store
+            .create_api_key(&a, key_record("dup", Role::Owner, "hash-a"))
+            .await
+            .is_err(),
+        "duplicate hash accepted"
+    );
+
+    ensure_eq!(
+        store.api_key_by_hash("hash-a").await?,
+        Some((a.clone(), ka.clone()))
+    );
+    ensure_eq!(
+        store.api_key_by_hash("hash-b").await?,
+        Some((b.clone(), kb.clone()))
+    );
+    ensure_eq!(store.api_key_by_hash("nope").await?, None);
+    ensure_eq!(store.list_api_keys(&a).await?, vec![ka.clone()]);
+    ensure_eq!(store.list_api_keys(&b).await?, vec![kb.clone()]);
+    ensure!(
+        store.list_api_keys(&other_org).await?.is_empty(),
+        "another org listed keys"
+    );
+
+    // Another workspace or org cannot revoke it.
+    for o in [&b, &other_org] {
+        ensure!(
+            !store.revoke_api_key(o, &ka.id, 5_000).await?,
+            "revoked across scopes"
+        );
+    }
+    ensure_eq!(
+        store
+            .api_key_by_hash("hash-a")
+            .await?
+            .map(|(_, k)| k.revoked_at),
+        Some(None)
+    );
+
+    store.touch_api_key(&ka.id, 3_000).await?;
+    // Never backwards.
+    store.touch_api_key(&ka.id, 2_000).await?;
+    ensure!(
+        store.revoke_api_key(&a, &ka.id, 4_000).await?,
+        "not revoked"
+    );
+    ensure!(
+        !store.revoke_api_key(&a, &ka.id, 6_000).await?,
+        "revoked twice"
+    );
+    let (_, after) = store
+        .api_key_by_hash("hash-a")
+        .await?
+        .ok_or_else(|| Failure("revoked key vanished".to_owned()))?;
+    ensure_eq!(after.last_used_at, Some(3_000));
+    ensure_eq!(after.revoked_at, Some(4_000));
+    ensure_eq!(store.list_api_keys(&b).await?, vec![kb]);
     Ok(())
 }

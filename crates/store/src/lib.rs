@@ -16,10 +16,10 @@ pub mod conformance;
 pub mod sqlite;
 
 use async_trait::async_trait;
-use paddock_types::api::{AgentDefinition, Approval, ApprovalStatus, Page, Run};
+use paddock_types::api::{AgentDefinition, Approval, ApprovalStatus, Page, Run, WorkspaceInfo};
 use paddock_types::event::ApprovalDecision;
 use paddock_types::time::Millis;
-use paddock_types::{ApprovalId, Event, NewEvent, RunId, RunStatus, Scope};
+use paddock_types::{ApprovalId, Event, KeyId, NewEvent, Role, RunId, RunStatus, Scope};
 use std::sync::Arc;
 use tokio::sync::broadcast;
 
@@ -46,6 +46,9 @@ pub enum StoreError {
     /// The cursor did not come from this listing. Drop it and start over.
     #[error("invalid cursor")]
     BadCursor,
+    /// A resource with this name already exists in the scope. Pick another name.
+    #[error("{0} already exists")]
+    AlreadyExists(&'static str),
     /// The data folder is held by another process.
     #[error("data folder is locked by another paddock process: {0}")]
     Locked(String),
@@ -132,6 +135,22 @@ pub struct SecretMeta {
     pub name: String,
     pub created_at: Millis,
     pub updated_at: Millis,
+}
+
+/// An API key as stored: the SHA-256 of its secret, never the secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub id: KeyId,
+    pub name: String,
+    pub role: Role,
+    /// The secret's first characters (`pdk_` and a few more), to recognise it in listings.
+    pub prefix: String,
+    /// Lowercase hex SHA-256 of the whole secret.
+    pub secret_hash: String,
+    pub created_at: Millis,
+    pub expires_at: Option<Millis>,
+    pub revoked_at: Option<Millis>,
+    pub last_used_at: Option<Millis>,
 }
 
 /// Published after each commit so SSE streams and `?wait=` wake up without polling.
@@ -243,6 +262,35 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_secret(&self, scope: &Scope, name: &str) -> Result<bool>;
     /// Every sealed secret of the workspace by name (to build a redactor).
     async fn all_secrets(&self, scope: &Scope) -> Result<Vec<SecretRecord>>;
+
+    // Tenancy. Orgs and workspaces are rows so keys can point at them; the resources of a
+    // workspace (runs, agents, secrets) do not need the row to exist.
+
+    /// Creates the scope's org and workspace if missing (bootstrap of the default workspace);
+    /// an existing workspace keeps its name.
+    async fn ensure_workspace(&self, scope: &Scope, name: &str) -> Result<()>;
+    /// Creates a workspace with a new id in `scope.org` (which must exist: [`StoreError::NotFound`]
+    /// `"org"`). Fails with [`StoreError::AlreadyExists`] if the org has one of that name.
+    async fn create_workspace(&self, scope: &Scope, name: &str) -> Result<WorkspaceInfo>;
+    /// The workspaces of `scope.org`, by id (oldest first); the workspace part is ignored.
+    async fn list_workspaces(&self, scope: &Scope) -> Result<Vec<WorkspaceInfo>>;
+
+    /// Stores a new key in the scope's workspace ([`StoreError::NotFound`] `"workspace"` if it
+    /// does not exist).
+    async fn create_api_key(&self, scope: &Scope, key: KeyRecord) -> Result<()>;
+    /// The key whose secret hashes to `secret_hash`, with the scope it acts in, revoked or
+    /// expired ones included (the caller refuses them). This is the one lookup without a scope:
+    /// authentication is what yields the scope.
+    async fn api_key_by_hash(&self, secret_hash: &str) -> Result<Option<(Scope, KeyRecord)>>;
+    /// Records that the key was used at `at` (callers throttle this; it is not a log).
+    async fn touch_api_key(&self, id: &KeyId, at: Millis) -> Result<()>;
+    /// The workspace's keys, oldest first, revoked ones included.
+    async fn list_api_keys(&self, scope: &Scope) -> Result<Vec<KeyRecord>>;
+    /// Marks the key revoked at `at`. False if the workspace has no such key or it was already
+    /// revoked.
+    async fn revoke_api_key(&self, scope: &Scope, id: &KeyId, at: Millis) -> Result<bool>;
+    /// How many keys exist in the whole store (bootstrap: zero means create the first one).
+    async fn count_api_keys(&self) -> Result<u64>;
 }
 
 pub type DynStore = Arc<dyn Store>;

@@ -17,12 +17,15 @@ mod read;
 mod write;
 
 use crate::{
-    AgentRecord, Append, Claimed, Committed, DataKeyRecord, Result, Rewrap, RunFilter, SecretMeta,
-    SecretRecord, Store, StoreError,
+    AgentRecord, Append, Claimed, Committed, DataKeyRecord, KeyRecord, Result, Rewrap, RunFilter,
+    SecretMeta, SecretRecord, Store, StoreError,
 };
 use async_trait::async_trait;
+use paddock_types::KeyId;
+use paddock_types::api::WorkspaceInfo;
 use paddock_types::api::{AgentDefinition, Approval, ApprovalStatus, Page, Run};
 use paddock_types::event::ApprovalDecision;
+use paddock_types::time::Millis;
 use paddock_types::{ApprovalId, Event, NewEvent, RunId, Scope};
 use rusqlite::Connection;
 use std::fs::{File, OpenOptions, TryLockError};
@@ -50,6 +53,7 @@ const STATEMENT_CACHE: usize = 64;
 const MIGRATIONS: &[&str] = &[
     include_str!("sqlite/migrations/0001_init.sql"),
     include_str!("sqlite/migrations/0002_secrets.sql"),
+    include_str!("sqlite/migrations/0003_tenancy.sql"),
 ];
 
 /// The schema version (`PRAGMA user_version`) this binary migrates databases to.
@@ -436,5 +440,60 @@ impl Store for SqliteStore {
         self.readers
             .with(move |conn| read::all_secrets(conn, &scope))
             .await
+    }
+
+    async fn ensure_workspace(&self, scope: &Scope, name: &str) -> Result<()> {
+        let (scope, name) = (scope.clone(), name.to_owned());
+        self.write(move |conn| Ok((write::ensure_workspace(conn, &scope, &name)?, None)))
+            .await
+    }
+
+    async fn create_workspace(&self, scope: &Scope, name: &str) -> Result<WorkspaceInfo> {
+        let (org, name) = (scope.org.clone(), name.to_owned());
+        self.write(move |conn| Ok((write::create_workspace(conn, &org, &name)?, None)))
+            .await
+    }
+
+    async fn list_workspaces(&self, scope: &Scope) -> Result<Vec<WorkspaceInfo>> {
+        let org = scope.org.clone();
+        self.readers
+            .with(move |conn| read::list_workspaces(conn, &org))
+            .await
+    }
+
+    async fn create_api_key(&self, scope: &Scope, key: KeyRecord) -> Result<()> {
+        let scope = scope.clone();
+        self.write(move |conn| Ok((write::create_api_key(conn, &scope, &key)?, None)))
+            .await
+    }
+
+    async fn api_key_by_hash(&self, secret_hash: &str) -> Result<Option<(Scope, KeyRecord)>> {
+        let hash = secret_hash.to_owned();
+        self.readers
+            .with(move |conn| read::api_key_by_hash(conn, &hash))
+            .await
+    }
+
+    async fn touch_api_key(&self, id: &KeyId, at: Millis) -> Result<()> {
+        let id = id.clone();
+        self.write(move |conn| Ok((write::touch_api_key(conn, &id, at)?, None)))
+            .await
+    }
+
+    async fn list_api_keys(&self, scope: &Scope) -> Result<Vec<KeyRecord>> {
+        let scope = scope.clone();
+        self.readers
+            .with(move |conn| read::list_api_keys(conn, &scope))
+            .await
+    }
+
+    async fn revoke_api_key(&self, scope: &Scope, id: &KeyId, at: Millis) -> Result<bool> {
+        let (scope, id) = (scope.clone(), id.clone());
+        self.write(move |conn| Ok((write::revoke_api_key(conn, &scope, &id, at)?, None)))
+            .await
+    }
+
+    async fn count_api_keys(&self) -> Result<u64> {
+        self.readers.with(read::count_api_keys).await
     }
 }

@@ -33,11 +33,32 @@ pub struct Api {
 }
 
 impl Api {
-    /// A client for the server at `base` (`http://127.0.0.1:PORT`, no trailing slash).
+    /// An unauthenticated client for the server at `base` (`http://127.0.0.1:PORT`, no trailing
+    /// slash): for public routes, other processes, and checking that `/v1` refuses it.
     pub fn new(base: &str) -> Self {
+        Self::build(base, None)
+    }
+
+    /// A client that sends `key` as `Authorization: Bearer` on every request, including the
+    /// ones built from [`Api::http`].
+    pub fn with_key(base: &str, key: &str) -> Self {
+        Self::build(base, Some(key))
+    }
+
+    fn build(base: &str, key: Option<&str>) -> Self {
         // reqwest is built without a bundled TLS provider; the binary installs ring, so must we.
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut headers = HeaderMap::new();
+        if let Some(k) = key {
+            headers.insert(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {k}")
+                    .parse()
+                    .expect("key is not a header value"),
+            );
+        }
         let http = reqwest::Client::builder()
+            .default_headers(headers)
             .no_proxy()
             // No pooled connections: a killed server must not leave dead sockets to reuse.
             .pool_max_idle_per_host(0)

@@ -256,6 +256,23 @@ pub struct Server {
     child: Option<Child>,
     /// One stderr file per process started, in order.
     logs: Vec<PathBuf>,
+    /// The owner key given as `PADDOCK_ADMIN_KEY`; [`Server::api`] sends it.
+    admin_key: String,
+}
+
+/// A well-formed, unique admin key for one test server (tests need no cryptographic strength).
+fn test_admin_key() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "pdk_test{}x{nanos}x{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 const SERVING: &str = "serving on http://";
@@ -288,6 +305,7 @@ impl Server {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             child: None,
             logs: Vec::new(),
+            admin_key: test_admin_key(),
             dir,
         };
         s.spawn().await;
@@ -312,6 +330,7 @@ impl Server {
                 .arg(&self.data_dir)
                 .arg("--agents")
                 .arg(&self.agents_dir)
+                .env("PADDOCK_ADMIN_KEY", &self.admin_key)
                 .envs(self.opts.env.iter().map(|(k, v)| (k, v)))
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot start {} serve: {e}", self.opts.bin.display()));
@@ -339,9 +358,19 @@ impl Server {
         format!("http://{}", self.addr)
     }
 
-    /// A JSON client for this server.
+    /// A JSON client for this server, authenticated with its owner key.
     pub fn api(&self) -> Api {
+        Api::with_key(&self.url(), &self.admin_key)
+    }
+
+    /// A JSON client that sends no key.
+    pub fn api_anonymous(&self) -> Api {
         Api::new(&self.url())
+    }
+
+    /// The owner key the server was started with (`PADDOCK_ADMIN_KEY`).
+    pub fn admin_key(&self) -> &str {
+        &self.admin_key
     }
 
     pub fn data_dir(&self) -> &Path {

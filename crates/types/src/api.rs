@@ -247,3 +247,60 @@ pub struct SecretInfo {
     #[serde(with = "crate::time::serde_rfc3339")]
     pub updated_at: Millis,
 }
+
+/// `POST /v1/keys`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    pub name: String,
+    pub role: crate::auth::Role,
+    /// The key stops working this many seconds after creation; never when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_secs: Option<u64>,
+    /// Create the key in another workspace of the caller's org (owners only). Default: the
+    /// caller's workspace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<crate::ids::WorkspaceId>,
+}
+
+/// An API key as the API shows it: never its secret.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiKeyInfo {
+    pub id: crate::ids::KeyId,
+    pub name: String,
+    pub role: crate::auth::Role,
+    pub workspace: crate::ids::WorkspaceId,
+    /// The secret's first characters, to recognise a key without revealing it.
+    pub prefix: String,
+    #[serde(with = "crate::time::serde_rfc3339")]
+    pub created_at: Millis,
+    #[serde(default, with = "crate::time::serde_rfc3339::option")]
+    pub expires_at: Option<Millis>,
+    #[serde(default, with = "crate::time::serde_rfc3339::option")]
+    pub revoked_at: Option<Millis>,
+    #[serde(default, with = "crate::time::serde_rfc3339::option")]
+    pub last_used_at: Option<Millis>,
+}
+
+/// The answer to `POST /v1/keys`: the only time the secret is ever shown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreatedKey {
+    pub key: ApiKeyInfo,
+    pub secret: String,
+}
+
+/// `POST /v1/workspaces`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWorkspace {
+    pub name: String,
+}
+
+/// A workspace of an org.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkspaceInfo {
+    pub id: crate::ids::WorkspaceId,
+    pub name: String,
+    #[serde(with = "crate::time::serde_rfc3339")]
+    pub created_at: Millis,
+}

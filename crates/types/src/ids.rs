@@ -99,6 +99,10 @@ prefixed_id!(
     WorkspaceId, "ws", "workspace"
 );
 prefixed_id!(
+    /// An API key (its id, never its secret).
+    KeyId, "key", "key"
+);
+prefixed_id!(
     /// An end-user of a SaaS builder, inside a workspace.
     EndUserId, "eu", "end-user"
 );

@@ -5,6 +5,7 @@
 //! crate depends on it, so it stays small and fast to compile.
 
 pub mod api;
+pub mod auth;
 pub mod event;
 pub mod ids;
 pub mod manifest;
@@ -12,8 +13,9 @@ pub mod message;
 pub mod run;
 pub mod time;
 
+pub use auth::{Permission, Role};
 pub use event::{Event, EventKind, NewEvent};
-pub use ids::{ApprovalId, OrgId, RunId, Scope, WorkspaceId};
+pub use ids::{ApprovalId, KeyId, OrgId, RunId, Scope, WorkspaceId};
 pub use manifest::{AgentManifest, ManifestError};
 pub use message::{Message, ModelResponse, ToolCall, ToolSpec, Usage};
 pub use run::{ErrorCode, RunError, RunStatus};

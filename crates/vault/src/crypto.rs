@@ -34,7 +34,7 @@ pub(crate) fn random_key() -> Result<KeyBytes> {
     Ok(key)
 }
 
-fn fill_random(buf: &mut [u8]) -> Result<()> {
+pub(crate) fn fill_random(buf: &mut [u8]) -> Result<()> {
     OsRng
         .try_fill_bytes(buf)
         .map_err(|e| VaultError::Random(e.to_string()))

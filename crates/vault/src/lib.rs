@@ -19,12 +19,17 @@
 //!
 //! This crate must not know HTTP, and must not log a secret value, a key, or a wrapped key.
 
+mod api_key;
 mod crypto;
 mod master;
 mod redact;
 mod secret;
 mod vault;
 
+pub use api_key::{
+    API_KEY_MIN_LEN, API_KEY_PREFIX, api_key_display_prefix, hash_api_key, is_api_key_secret,
+    new_api_key_secret,
+};
 pub use master::{ENV_MASTER_KEY, ENV_MASTER_KEY_OLD, KeySource, MasterKey};
 pub use redact::Redactor;
 pub use secret::SecretValue;

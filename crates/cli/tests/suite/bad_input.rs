@@ -156,3 +156,48 @@ async fn bad_requests_are_problems_and_create_nothing() {
     assert_eq!(runs_after, runs_before);
     assert_eq!(api.events(&good_id).await, journal_before);
 }
+
+/// Through the real binary: `/v1` refuses a request without a key (401 problem+json with
+/// `WWW-Authenticate: Bearer`) while `/healthz` stays public; the CLI tells the user how to pass
+/// a key, and works once given the admin key the server was started with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_without_a_key_are_refused() {
+    let mock = MockLlm::start(bin(), 0).await;
+    let server = start(&mock, vec![AgentFixture::new("e2e", OPENAI)]).await;
+    let anon = server.api_anonymous();
+    let r = anon.get_json("/v1/runs").await;
+    assert_problem(&r, 401, "unauthenticated", "missing API key");
+    assert_eq!(
+        r.headers
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok()),
+        Some("Bearer")
+    );
+    assert_eq!(anon.get_json("/healthz").await.status, 200);
+    assert_eq!(server.api().get_json("/v1/runs").await.status, 200);
+
+    let cli = |key: Option<&str>| {
+        let mut cmd = std::process::Command::new(bin());
+        cmd.env_remove("PADDOCK_API_KEY")
+            .args(["runs", "--server", &server.url(), "list"]);
+        if let Some(k) = key {
+            cmd.args(["--api-key", k]);
+        }
+        cmd.output().unwrap()
+    };
+    let out = cli(None);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--api-key") && err.contains("PADDOCK_API_KEY"),
+        "{err}"
+    );
+    let out = cli(Some(server.admin_key()));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The supplied admin key was registered, never printed.
+    assert!(!server.stderr_text().contains(server.admin_key()));
+}

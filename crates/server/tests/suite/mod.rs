@@ -1,4 +1,5 @@
 mod api;
+mod auth;
 
 use axum::Router;
 use axum::body::Body;
@@ -10,7 +11,7 @@ use paddock_models::Models;
 use paddock_server::{AppState, router};
 use paddock_store::SqliteStore;
 use paddock_types::api::AgentDefinition;
-use paddock_types::{AgentManifest, Scope};
+use paddock_types::{AgentManifest, KeyId, Role, Scope};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,7 +22,35 @@ pub type Answer = (StatusCode, Option<String>, Value);
 
 pub struct TestApp {
     pub app: Router,
+    pub store: paddock_store::DynStore,
+    /// An owner key of the default workspace, sent by every helper but [`TestApp::request_raw`].
+    pub key: String,
     _dir: tempfile::TempDir,
+}
+
+/// Creates a key with `role` in `scope`'s workspace (creating the workspace if needed) straight
+/// in the store; returns its secret.
+pub async fn make_key(
+    store: &paddock_store::DynStore,
+    scope: &Scope,
+    role: Role,
+    expires_at: Option<i64>,
+) -> String {
+    store.ensure_workspace(scope, "test").await.unwrap();
+    let secret = paddock_vault::new_api_key_secret().unwrap();
+    let record = paddock_store::KeyRecord {
+        id: KeyId::new(),
+        name: format!("{role} key"),
+        role,
+        prefix: paddock_vault::api_key_display_prefix(&secret),
+        secret_hash: paddock_vault::hash_api_key(&secret),
+        created_at: paddock_types::time::now_ms(),
+        expires_at,
+        revoked_at: None,
+        last_used_at: None,
+    };
+    store.create_api_key(scope, record).await.unwrap();
+    secret
 }
 
 pub const AGENT: &str = r#"
@@ -81,14 +110,33 @@ impl TestApp {
                 .unwrap();
         }
         engine.start();
+        let store = Arc::clone(engine.store());
+        let key = make_key(&store, &Scope::default_workspace(), Role::Owner, None).await;
         let app = router(AppState {
             engine: Arc::clone(&engine),
             vault,
         });
-        Self { app, _dir: dir }
+        Self {
+            app,
+            store,
+            key,
+            _dir: dir,
+        }
     }
 
-    pub async fn request(&self, req: Request<Body>) -> Answer {
+    /// Sends `req` with the app's owner key unless it already carries an Authorization header.
+    pub async fn request(&self, mut req: Request<Body>) -> Answer {
+        if !req.headers().contains_key(header::AUTHORIZATION) {
+            req.headers_mut().insert(
+                header::AUTHORIZATION,
+                format!("Bearer {}", self.key).parse().unwrap(),
+            );
+        }
+        self.request_raw(req).await
+    }
+
+    /// Sends `req` exactly as given (no key added).
+    pub async fn request_raw(&self, req: Request<Body>) -> Answer {
         let resp = self.app.clone().oneshot(req).await.unwrap();
         let status = resp.status();
         let ctype = resp

@@ -2,7 +2,11 @@
 
 use super::write::corrupt;
 use super::{BUSY_TIMEOUT, STATEMENT_CACHE, from_json, scope_params};
-use crate::{AgentRecord, DataKeyRecord, Result, RunFilter, SecretMeta, SecretRecord, StoreError};
+use crate::{
+    AgentRecord, DataKeyRecord, KeyRecord, Result, RunFilter, SecretMeta, SecretRecord, StoreError,
+};
+use paddock_types::Role;
+use paddock_types::api::WorkspaceInfo;
 use paddock_types::api::{AgentDefinition, Approval, ApprovalStatus, Page, Run};
 use paddock_types::time::Millis;
 use paddock_types::{ApprovalId, Event, OrgId, RunId, Scope, WorkspaceId};
@@ -499,4 +503,123 @@ pub(super) fn all_secrets(conn: &mut Connection, scope: &Scope) -> Result<Vec<Se
         .query_map(params![org, ws], secret)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(secrets)
+}
+
+pub(super) fn list_workspaces(conn: &mut Connection, org: &OrgId) -> Result<Vec<WorkspaceInfo>> {
+    let rows = conn
+        .prepare_cached(
+            "SELECT id, name, created_at FROM workspaces WHERE org = ?1 ORDER BY created_at, id",
+        )?
+        .query_map(params![org.as_str()], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    rows.into_iter()
+        .map(|(id, name, created_at)| {
+            Ok(WorkspaceInfo {
+                id: WorkspaceId::parse(&id).map_err(corrupt)?,
+                name,
+                created_at,
+            })
+        })
+        .collect()
+}
+
+const KEY_COLUMNS: &str = "SELECT id, name, role, prefix, secret_hash, created_at, expires_at, \
+     revoked_at, last_used_at, org, workspace FROM api_keys";
+
+type KeyRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    Millis,
+    Option<Millis>,
+    Option<Millis>,
+    Option<Millis>,
+    String,
+    String,
+);
+
+fn key_row(r: &Row<'_>) -> rusqlite::Result<KeyRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+        r.get(9)?,
+        r.get(10)?,
+    ))
+}
+
+fn decode_key(row: KeyRow) -> Result<(Scope, KeyRecord)> {
+    let (
+        id,
+        name,
+        role,
+        prefix,
+        secret_hash,
+        created_at,
+        expires_at,
+        revoked_at,
+        last_used_at,
+        org,
+        ws,
+    ) = row;
+    let scope = Scope {
+        org: OrgId::parse(&org).map_err(corrupt)?,
+        workspace: WorkspaceId::parse(&ws).map_err(corrupt)?,
+        end_user: None,
+    };
+    let record = KeyRecord {
+        id: paddock_types::KeyId::parse(&id).map_err(corrupt)?,
+        name,
+        role: Role::parse(&role).ok_or_else(|| corrupt(format!("unknown role {role:?}")))?,
+        prefix,
+        secret_hash,
+        created_at,
+        expires_at,
+        revoked_at,
+        last_used_at,
+    };
+    Ok((scope, record))
+}
+
+pub(super) fn api_key_by_hash(
+    conn: &mut Connection,
+    hash: &str,
+) -> Result<Option<(Scope, KeyRecord)>> {
+    let row = conn
+        .prepare_cached(&format!("{KEY_COLUMNS} WHERE secret_hash = ?1"))?
+        .query_row(params![hash], key_row)
+        .optional()?;
+    row.map(decode_key).transpose()
+}
+
+pub(super) fn list_api_keys(conn: &mut Connection, scope: &Scope) -> Result<Vec<KeyRecord>> {
+    let rows = conn
+        .prepare_cached(&format!(
+            "{KEY_COLUMNS} WHERE org = ?1 AND workspace = ?2 ORDER BY id"
+        ))?
+        .query_map(
+            params![scope.org.as_str(), scope.workspace.as_str()],
+            key_row,
+        )?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    rows.into_iter()
+        .map(|r| decode_key(r).map(|(_, k)| k))
+        .collect()
+}
+
+pub(super) fn count_api_keys(conn: &mut Connection) -> Result<u64> {
+    let n: i64 = conn
+        .prepare_cached("SELECT COUNT(*) FROM api_keys")?
+        .query_row([], |r| r.get(0))?;
+    Ok(n as u64)
 }

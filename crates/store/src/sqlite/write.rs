@@ -6,12 +6,14 @@
 
 use super::{from_json, scope_params, to_json};
 use crate::{
-    AgentRecord, Append, Claimed, Committed, DataKeyRecord, Result, Rewrap, SecretMeta,
+    AgentRecord, Append, Claimed, Committed, DataKeyRecord, KeyRecord, Result, Rewrap, SecretMeta,
     SecretRecord, StoreError,
 };
+use paddock_types::KeyId;
 use paddock_types::api::{AgentDefinition, ApprovalStatus, Run};
 use paddock_types::event::ApprovalDecision;
 use paddock_types::ids::EndUserId;
+use paddock_types::time::Millis;
 use paddock_types::time::now_ms;
 use paddock_types::{
     ApprovalId, Event, EventKind, NewEvent, OrgId, RunId, Scope, ToolCall, WorkspaceId,
@@ -484,6 +486,113 @@ pub(super) fn delete_secret(conn: &Connection, scope: &Scope, name: &str) -> Res
         .prepare_cached("DELETE FROM secrets WHERE org = ?1 AND workspace = ?2 AND name = ?3")?
         .execute(params![org, ws, name])?;
     Ok(deleted > 0)
+}
+
+pub(super) fn ensure_workspace(conn: &Connection, scope: &Scope, name: &str) -> Result<()> {
+    let now = now_ms();
+    conn.prepare_cached("INSERT OR IGNORE INTO orgs (id, created_at) VALUES (?1, ?2)")?
+        .execute(params![scope.org.as_str(), now])?;
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO workspaces (org, id, name, created_at) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![
+        scope.org.as_str(),
+        scope.workspace.as_str(),
+        name,
+        now
+    ])?;
+    Ok(())
+}
+
+pub(super) fn create_workspace(
+    conn: &Connection,
+    org: &OrgId,
+    name: &str,
+) -> Result<paddock_types::api::WorkspaceInfo> {
+    let org_exists = conn
+        .prepare_cached("SELECT 1 FROM orgs WHERE id = ?1")?
+        .exists(params![org.as_str()])?;
+    if !org_exists {
+        return Err(StoreError::NotFound("org"));
+    }
+    let taken = conn
+        .prepare_cached("SELECT 1 FROM workspaces WHERE org = ?1 AND name = ?2")?
+        .exists(params![org.as_str(), name])?;
+    if taken {
+        return Err(StoreError::AlreadyExists("workspace"));
+    }
+    let info = paddock_types::api::WorkspaceInfo {
+        id: WorkspaceId::new(),
+        name: name.to_owned(),
+        created_at: now_ms(),
+    };
+    conn.prepare_cached(
+        "INSERT INTO workspaces (org, id, name, created_at) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![
+        org.as_str(),
+        info.id.as_str(),
+        name,
+        info.created_at
+    ])?;
+    Ok(info)
+}
+
+pub(super) fn create_api_key(conn: &Connection, scope: &Scope, key: &KeyRecord) -> Result<()> {
+    let ws_exists = conn
+        .prepare_cached("SELECT 1 FROM workspaces WHERE org = ?1 AND id = ?2")?
+        .exists(params![scope.org.as_str(), scope.workspace.as_str()])?;
+    if !ws_exists {
+        return Err(StoreError::NotFound("workspace"));
+    }
+    conn.prepare_cached(
+        "INSERT INTO api_keys (id, org, workspace, name, role, prefix, secret_hash, created_at,
+                               expires_at, revoked_at, last_used_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?
+    .execute(params![
+        key.id.as_str(),
+        scope.org.as_str(),
+        scope.workspace.as_str(),
+        key.name,
+        key.role.as_str(),
+        key.prefix,
+        key.secret_hash,
+        key.created_at,
+        key.expires_at,
+        key.revoked_at,
+        key.last_used_at,
+    ])?;
+    Ok(())
+}
+
+pub(super) fn touch_api_key(conn: &Connection, id: &KeyId, at: Millis) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE api_keys SET last_used_at = ?2
+         WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)",
+    )?
+    .execute(params![id.as_str(), at])?;
+    Ok(())
+}
+
+pub(super) fn revoke_api_key(
+    conn: &Connection,
+    scope: &Scope,
+    id: &KeyId,
+    at: Millis,
+) -> Result<bool> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE api_keys SET revoked_at = ?4
+             WHERE org = ?1 AND workspace = ?2 AND id = ?3 AND revoked_at IS NULL",
+        )?
+        .execute(params![
+            scope.org.as_str(),
+            scope.workspace.as_str(),
+            id.as_str(),
+            at
+        ])?;
+    Ok(n > 0)
 }
 
 pub(super) fn corrupt(e: impl std::fmt::Display) -> StoreError {

@@ -147,6 +147,48 @@ impl Store for Faulty {
     async fn all_secrets(&self, scope: &Scope) -> Result<Vec<SecretRecord>> {
         self.inner.all_secrets(scope).await
     }
+    async fn ensure_workspace(&self, scope: &Scope, name: &str) -> Result<()> {
+        self.inner.ensure_workspace(scope, name).await
+    }
+    async fn create_workspace(
+        &self,
+        scope: &Scope,
+        name: &str,
+    ) -> Result<paddock_types::api::WorkspaceInfo> {
+        self.inner.create_workspace(scope, name).await
+    }
+    async fn list_workspaces(
+        &self,
+        scope: &Scope,
+    ) -> Result<Vec<paddock_types::api::WorkspaceInfo>> {
+        self.inner.list_workspaces(scope).await
+    }
+    async fn create_api_key(&self, scope: &Scope, key: paddock_store::KeyRecord) -> Result<()> {
+        self.inner.create_api_key(scope, key).await
+    }
+    async fn api_key_by_hash(
+        &self,
+        hash: &str,
+    ) -> Result<Option<(Scope, paddock_store::KeyRecord)>> {
+        self.inner.api_key_by_hash(hash).await
+    }
+    async fn touch_api_key(&self, id: &paddock_types::KeyId, at: i64) -> Result<()> {
+        self.inner.touch_api_key(id, at).await
+    }
+    async fn list_api_keys(&self, scope: &Scope) -> Result<Vec<paddock_store::KeyRecord>> {
+        self.inner.list_api_keys(scope).await
+    }
+    async fn revoke_api_key(
+        &self,
+        scope: &Scope,
+        id: &paddock_types::KeyId,
+        at: i64,
+    ) -> Result<bool> {
+        self.inner.revoke_api_key(scope, id, at).await
+    }
+    async fn count_api_keys(&self) -> Result<u64> {
+        self.inner.count_api_keys().await
+    }
 }
 
 async fn faulty_vault(dir: &std::path::Path, fault: Fault) -> (DynStore, Vault) {

@@ -1,0 +1,291 @@
+//! Authentication and authorization, in one place.
+//!
+//! Every `/v1` route names a [`Permission`] in [`crate::routes`]; [`require`] runs in front of
+//! its handler: it reads `Authorization: Bearer pdk_…`, looks the key up by the SHA-256 of the
+//! secret, refuses revoked and expired keys (401), checks the permission against the one table
+//! ([`paddock_types::auth::allowed`]; 403) and hands the handler a [`Principal`] whose scope
+//! comes from the key. Nothing is cached: a revocation takes effect on the next request.
+//! `/v1/keys` and `/v1/workspaces` live here too.
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::extract::ApiJson;
+use axum::Json;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use paddock_store::KeyRecord;
+use paddock_types::api::{ApiKeyInfo, CreateKey, CreateWorkspace, CreatedKey};
+use paddock_types::auth::allowed;
+use paddock_types::time::{Millis, now_ms};
+use paddock_types::{KeyId, Permission, Role, Scope};
+
+/// Who is calling: the key, its role, and the tenant it acts in.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub key_id: KeyId,
+    pub role: Role,
+    pub scope: Scope,
+}
+
+/// `last_used_at` is written at most this often per key: it is a hint, not a log.
+const TOUCH_EVERY_MS: Millis = 60_000;
+/// Longest key and workspace names.
+const MAX_NAME: usize = 100;
+
+fn unauthenticated(detail: &str) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", detail)
+}
+
+fn forbidden(detail: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, "forbidden", detail)
+}
+
+/// Resolves the request's key to a principal, or says why not (always 401, or 503 when the
+/// store is down).
+pub(crate) async fn authenticate(
+    st: &AppState,
+    headers: &HeaderMap,
+) -> Result<Principal, ApiError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| unauthenticated("missing API key; send `Authorization: Bearer pdk_…`"))?;
+    let value = value
+        .to_str()
+        .map_err(|_| unauthenticated("malformed Authorization header"))?;
+    let secret = value
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, s)| s.trim())
+        .ok_or_else(|| unauthenticated("malformed Authorization header; use `Bearer pdk_…`"))?;
+    if !paddock_vault::is_api_key_secret(secret) {
+        return Err(unauthenticated("malformed API key"));
+    }
+    let hash = paddock_vault::hash_api_key(secret);
+    let store = st.engine.store();
+    let (scope, key) = store
+        .api_key_by_hash(&hash)
+        .await?
+        .ok_or_else(|| unauthenticated("unknown API key"))?;
+    let now = now_ms();
+    if key.revoked_at.is_some() {
+        return Err(unauthenticated("API key revoked"));
+    }
+    if key.expires_at.is_some_and(|t| t <= now) {
+        return Err(unauthenticated("API key expired"));
+    }
+    if key.last_used_at.is_none_or(|t| now - t >= TOUCH_EVERY_MS) {
+        let (store, id) = (std::sync::Arc::clone(store), key.id.clone());
+        // Off the request path: a lost touch costs nothing.
+        tokio::spawn(async move {
+            if let Err(e) = store.touch_api_key(&id, now).await {
+                tracing::warn!(error = %e, "cannot record API key use");
+            }
+        });
+    }
+    Ok(Principal {
+        key_id: key.id,
+        role: key.role,
+        scope,
+    })
+}
+
+/// The middleware every authenticated route runs: authenticate, then check `permission`.
+pub(crate) async fn require(
+    State((st, permission)): State<(AppState, Permission)>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let principal = match authenticate(&st, req.headers()).await {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    if !allowed(principal.role, permission) {
+        return forbidden(format!("a {} key may not {permission}", principal.role)).into_response();
+    }
+    req.extensions_mut().insert(principal);
+    next.run(req).await
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, ApiError> {
+        // Absent only on a route wired without a permission: fail closed.
+        parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .ok_or_else(|| unauthenticated("this route requires an API key"))
+    }
+}
+
+fn info(scope: &Scope, k: KeyRecord) -> ApiKeyInfo {
+    ApiKeyInfo {
+        id: k.id,
+        name: k.name,
+        role: k.role,
+        workspace: scope.workspace.clone(),
+        prefix: k.prefix,
+        created_at: k.created_at,
+        expires_at: k.expires_at,
+        revoked_at: k.revoked_at,
+        last_used_at: k.last_used_at,
+    }
+}
+
+fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
+    let ok =
+        !name.trim().is_empty() && name.len() <= MAX_NAME && name.chars().all(|c| !c.is_control());
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            format!("{what} name must be 1 to {MAX_NAME} bytes without control characters"),
+        ))
+    }
+}
+
+pub(crate) async fn list_keys(
+    State(st): State<AppState>,
+    p: Principal,
+) -> Result<Response, ApiError> {
+    let data: Vec<ApiKeyInfo> = st
+        .engine
+        .store()
+        .list_api_keys(&p.scope)
+        .await?
+        .into_iter()
+        .map(|k| info(&p.scope, k))
+        .collect();
+    Ok(Json(serde_json::json!({ "data": data })).into_response())
+}
+
+pub(crate) async fn create_key(
+    State(st): State<AppState>,
+    p: Principal,
+    ApiJson(req): ApiJson<CreateKey>,
+) -> Result<Response, ApiError> {
+    check_name("key", &req.name)?;
+    if req.role > p.role {
+        return Err(forbidden(format!(
+            "a {} key cannot create a {} key (above its own role)",
+            p.role, req.role
+        )));
+    }
+    let mut scope = Scope {
+        end_user: None,
+        ..p.scope.clone()
+    };
+    if let Some(ws) = req.workspace.filter(|ws| *ws != p.scope.workspace) {
+        if p.role != Role::Owner {
+            return Err(forbidden(
+                "only an owner key may create keys in another workspace",
+            ));
+        }
+        let known = st.engine.store().list_workspaces(&p.scope).await?;
+        if !known.iter().any(|w| w.id == ws) {
+            return Err(ApiError::not_found("workspace"));
+        }
+        scope.workspace = ws;
+    }
+    let now = now_ms();
+    let expires_at = match req.expires_in_secs {
+        None => None,
+        Some(0) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                "expires_in_secs must be at least 1",
+            ));
+        }
+        Some(s) => {
+            Some(now.saturating_add(i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX)))
+        }
+    };
+    let secret = paddock_vault::new_api_key_secret()?;
+    let record = KeyRecord {
+        id: KeyId::new(),
+        name: req.name,
+        role: req.role,
+        prefix: paddock_vault::api_key_display_prefix(&secret),
+        secret_hash: paddock_vault::hash_api_key(&secret),
+        created_at: now,
+        expires_at,
+        revoked_at: None,
+        last_used_at: None,
+    };
+    st.engine
+        .store()
+        .create_api_key(&scope, record.clone())
+        .await?;
+    tracing::info!(key = %record.id, role = %record.role, by = %p.key_id, "api key created");
+    let body = CreatedKey {
+        key: info(&scope, record),
+        secret,
+    };
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+pub(crate) async fn revoke_key(
+    State(st): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = KeyId::parse(&id).map_err(|_| ApiError::not_found("key"))?;
+    // Revoking is as strong as minting: an admin must not lock the owner out.
+    let target = st
+        .engine
+        .store()
+        .list_api_keys(&p.scope)
+        .await?
+        .into_iter()
+        .find(|k| k.id == id)
+        .ok_or_else(|| ApiError::not_found("key"))?;
+    if target.role > p.role {
+        return Err(forbidden(format!(
+            "a {} key cannot revoke a {} key",
+            p.role, target.role
+        )));
+    }
+    if st
+        .engine
+        .store()
+        .revoke_api_key(&p.scope, &id, now_ms())
+        .await?
+    {
+        tracing::info!(key = %id, by = %p.key_id, "api key revoked");
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError::not_found("key"))
+    }
+}
+
+pub(crate) async fn list_workspaces(
+    State(st): State<AppState>,
+    p: Principal,
+) -> Result<Response, ApiError> {
+    let data = st.engine.store().list_workspaces(&p.scope).await?;
+    Ok(Json(serde_json::json!({ "data": data })).into_response())
+}
+
+pub(crate) async fn create_workspace(
+    State(st): State<AppState>,
+    p: Principal,
+    ApiJson(req): ApiJson<CreateWorkspace>,
+) -> Result<Response, ApiError> {
+    check_name("workspace", &req.name)?;
+    let ws = st
+        .engine
+        .store()
+        .create_workspace(&p.scope, &req.name)
+        .await?;
+    tracing::info!(workspace = %ws.id, by = %p.key_id, "workspace created");
+    Ok((StatusCode::CREATED, Json(ws)).into_response())
+}

@@ -1,0 +1,191 @@
+//! Roles, permissions and the one table that says which role may do what.
+//!
+//! Every authenticated route names one [`Permission`]; the server checks it with [`allowed`] in
+//! one place. Roles are ordered (`viewer < operator < developer < admin < owner`) and each role
+//! may do everything the roles below it may.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// What an API key (later: a member) may do in its workspace. Ordered from least to most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Reads runs, approvals, agents and secret names.
+    Viewer,
+    /// A viewer who also starts and cancels runs and decides approvals.
+    Operator,
+    /// An operator who also registers agents and writes secrets.
+    Developer,
+    /// A developer who also manages API keys and workspaces.
+    Admin,
+    /// Everything, including keys in other workspaces of the org.
+    Owner,
+}
+
+impl Role {
+    pub const ALL: [Role; 5] = [
+        Role::Viewer,
+        Role::Operator,
+        Role::Developer,
+        Role::Admin,
+        Role::Owner,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Developer => "developer",
+            Role::Admin => "admin",
+            Role::Owner => "owner",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::parse(s).ok_or_else(|| {
+            format!("unknown role {s:?}; use one of viewer, operator, developer, admin, owner")
+        })
+    }
+}
+
+/// An action on a kind of resource, written `resource:action`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Permission {
+    #[serde(rename = "runs:create")]
+    RunsCreate,
+    #[serde(rename = "runs:read")]
+    RunsRead,
+    #[serde(rename = "runs:cancel")]
+    RunsCancel,
+    #[serde(rename = "approvals:read")]
+    ApprovalsRead,
+    #[serde(rename = "approvals:decide")]
+    ApprovalsDecide,
+    #[serde(rename = "agents:read")]
+    AgentsRead,
+    #[serde(rename = "agents:write")]
+    AgentsWrite,
+    /// Secret names and times; values are never readable.
+    #[serde(rename = "secrets:read")]
+    SecretsRead,
+    #[serde(rename = "secrets:write")]
+    SecretsWrite,
+    #[serde(rename = "keys:read")]
+    KeysRead,
+    #[serde(rename = "keys:write")]
+    KeysWrite,
+    #[serde(rename = "workspaces:read")]
+    WorkspacesRead,
+    #[serde(rename = "workspaces:write")]
+    WorkspacesWrite,
+}
+
+impl Permission {
+    pub const ALL: [Permission; 13] = [
+        Permission::RunsCreate,
+        Permission::RunsRead,
+        Permission::RunsCancel,
+        Permission::ApprovalsRead,
+        Permission::ApprovalsDecide,
+        Permission::AgentsRead,
+        Permission::AgentsWrite,
+        Permission::SecretsRead,
+        Permission::SecretsWrite,
+        Permission::KeysRead,
+        Permission::KeysWrite,
+        Permission::WorkspacesRead,
+        Permission::WorkspacesWrite,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::RunsCreate => "runs:create",
+            Permission::RunsRead => "runs:read",
+            Permission::RunsCancel => "runs:cancel",
+            Permission::ApprovalsRead => "approvals:read",
+            Permission::ApprovalsDecide => "approvals:decide",
+            Permission::AgentsRead => "agents:read",
+            Permission::AgentsWrite => "agents:write",
+            Permission::SecretsRead => "secrets:read",
+            Permission::SecretsWrite => "secrets:write",
+            Permission::KeysRead => "keys:read",
+            Permission::KeysWrite => "keys:write",
+            Permission::WorkspacesRead => "workspaces:read",
+            Permission::WorkspacesWrite => "workspaces:write",
+        }
+    }
+
+    /// THE permission table: the least role that holds each permission.
+    pub fn least_role(self) -> Role {
+        match self {
+            Permission::RunsRead
+            | Permission::ApprovalsRead
+            | Permission::AgentsRead
+            | Permission::SecretsRead => Role::Viewer,
+            Permission::RunsCreate | Permission::RunsCancel | Permission::ApprovalsDecide => {
+                Role::Operator
+            }
+            Permission::AgentsWrite | Permission::SecretsWrite => Role::Developer,
+            Permission::KeysRead
+            | Permission::KeysWrite
+            | Permission::WorkspacesRead
+            | Permission::WorkspacesWrite => Role::Admin,
+        }
+    }
+}
+
+impl fmt::Display for Permission {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether `role` holds `permission`: the only question the server asks.
+pub fn allowed(role: Role, permission: Permission) -> bool {
+    role >= permission.least_role()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_are_ordered_and_round_trip() {
+        assert!(Role::Owner > Role::Admin && Role::Admin > Role::Developer);
+        assert!(Role::Developer > Role::Operator && Role::Operator > Role::Viewer);
+        for r in Role::ALL {
+            assert_eq!(Role::parse(r.as_str()), Some(r));
+            let json = serde_json::to_string(&r).unwrap_or_default();
+            assert_eq!(json, format!("\"{}\"", r.as_str()));
+        }
+        for p in Permission::ALL {
+            let json = serde_json::to_string(&p).unwrap_or_default();
+            assert_eq!(json, format!("\"{}\"", p.as_str()));
+        }
+    }
+
+    #[test]
+    fn owner_holds_everything_and_viewer_only_reads() {
+        for p in Permission::ALL {
+            assert!(allowed(Role::Owner, p), "{p}");
+            let read = p.as_str().ends_with(":read");
+            let admin_only =
+                p.as_str().starts_with("keys:") || p.as_str().starts_with("workspaces:");
+            assert_eq!(allowed(Role::Viewer, p), read && !admin_only, "{p}");
+        }
+    }
+}
