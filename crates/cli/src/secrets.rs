@@ -92,38 +92,53 @@ fn read_stdin_value() -> Result<String> {
 
 #[derive(Subcommand)]
 pub enum VaultAction {
-    /// Generate a new master key and rewrap every workspace's data key with it. Run it with the
-    /// server stopped (it needs the data folder); secrets themselves are not re-encrypted.
-    RotateMasterKey,
+    /// Generate a new master key and rewrap every workspace's data key with it (secrets
+    /// themselves are not re-encrypted). With --server, the running server does it without
+    /// downtime (owner key); without, it works on --data-dir with the server stopped.
+    RotateMasterKey {
+        /// A running server to rotate online, e.g. http://127.0.0.1:8420
+        #[arg(long)]
+        server: Option<String>,
+        /// An owner API key for --server
+        #[arg(long, env = "PADDOCK_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+    },
 }
 
 pub async fn vault(data_dir: &Path, action: VaultAction, output: Output) -> Result<ExitCode> {
-    match action {
-        VaultAction::RotateMasterKey => {
+    let VaultAction::RotateMasterKey { server, api_key } = action;
+    let report = match server {
+        Some(server) => {
+            let base = server.trim_end_matches('/');
+            let http = crate::client::http_client(api_key.as_deref())?;
+            send(base, http.post(format!("{base}/v1/vault/rotate"))).await?
+        }
+        None => {
             let store = paddock_store::SqliteStore::open(data_dir).with_context(|| {
                 format!(
-                    "cannot open the data folder {} (stop `paddock serve` first)",
+                    "cannot open the data folder {} (while `paddock serve` runs, use --server)",
                     data_dir.display()
                 )
             })?;
             let vault = paddock_vault::Vault::open(store, data_dir).await?;
             let r = vault.rotate_master_key().await?;
-            match output {
-                Output::Json => println!(
-                    "{}",
-                    serde_json::json!({
-                        "old_master_key_id": r.old_master_key_id,
-                        "new_master_key_id": r.new_master_key_id,
-                        "workspaces": r.workspaces,
-                        "data_keys": r.data_keys,
-                    })
-                ),
-                Output::Text => eprintln!(
-                    "master key rotated: {} -> {} ({} data keys in {} workspaces rewrapped)",
-                    r.old_master_key_id, r.new_master_key_id, r.data_keys, r.workspaces
-                ),
-            }
-            Ok(ExitCode::SUCCESS)
+            serde_json::json!({
+                "old_master_key_id": r.old_master_key_id,
+                "new_master_key_id": r.new_master_key_id,
+                "workspaces": r.workspaces,
+                "data_keys": r.data_keys,
+            })
         }
+    };
+    match output {
+        Output::Json => println!("{report}"),
+        Output::Text => eprintln!(
+            "master key rotated: {} -> {} ({} data keys in {} workspaces rewrapped)",
+            report["old_master_key_id"].as_str().unwrap_or("?"),
+            report["new_master_key_id"].as_str().unwrap_or("?"),
+            report["data_keys"],
+            report["workspaces"]
+        ),
     }
+    Ok(ExitCode::SUCCESS)
 }

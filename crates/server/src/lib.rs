@@ -148,6 +148,12 @@ fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
             delete(secrets::delete_secret),
         ),
         r(
+            Method::POST,
+            "/v1/vault/rotate",
+            Some(P::VaultRotate),
+            post(secrets::rotate_master_key),
+        ),
+        r(
             Method::GET,
             "/v1/keys",
             Some(P::KeysRead),

@@ -152,7 +152,11 @@ fn paths_and_schemas() -> Value {
                     "responses": with_errors(json!({"200": {"description": "replaced", "content": {"application/json": {"schema": r("SecretInfo")}}},
                                                     "201": {"description": "created", "content": {"application/json": {"schema": r("SecretInfo")}}}}), &[400, 413, 415, 422])},
                 "delete": {"summary": "Delete a secret", "parameters": [param("name", "path", "secret name", json!({"type": "string"}))],
-                    "responses": with_errors(json!({"204": {"description": "deleted"}}), &[404])}}
+                    "responses": with_errors(json!({"204": {"description": "deleted"}}), &[404])}},
+            "/v1/vault/rotate": {"post": {"summary": "Rotate the master key while serving: every data key is rewrapped in one transaction (owner only; refused when the key comes from PADDOCK_MASTER_KEY)",
+                "responses": with_errors(json_ok("200", "the rotation", json!({"type": "object", "properties": {
+                    "old_master_key_id": {"type": "string"}, "new_master_key_id": {"type": "string"},
+                    "workspaces": {"type": "integer"}, "data_keys": {"type": "integer"}}})), &[409])}}
         },
         "components": {
           "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "pdk_…",

@@ -29,6 +29,9 @@ impl From<VaultError> for ApiError {
                 e.to_string(),
             ),
             VaultError::Store(e) => e.into(),
+            VaultError::EnvManagedKey => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
             other => {
                 tracing::error!(error = %other, "vault failure");
                 ApiError::new(
@@ -74,4 +77,23 @@ pub(crate) async fn delete_secret(
     } else {
         Err(ApiError::not_found("secret"))
     }
+}
+
+/// Rotates the installation's master key without stopping: the vault holds its key behind a
+/// lock, so concurrent reads wait for the rewrap and then use the new key.
+pub(crate) async fn rotate_master_key(State(st): State<AppState>) -> Result<Response, ApiError> {
+    let r = st.vault.rotate_master_key().await?;
+    tracing::info!(
+        old = %r.old_master_key_id,
+        new = %r.new_master_key_id,
+        data_keys = r.data_keys,
+        "master key rotated"
+    );
+    Ok(Json(serde_json::json!({
+        "old_master_key_id": r.old_master_key_id,
+        "new_master_key_id": r.new_master_key_id,
+        "workspaces": r.workspaces,
+        "data_keys": r.data_keys,
+    }))
+    .into_response())
 }

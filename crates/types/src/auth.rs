@@ -92,10 +92,13 @@ pub enum Permission {
     WorkspacesRead,
     #[serde(rename = "workspaces:write")]
     WorkspacesWrite,
+    /// Rotating the installation's master key (it protects every workspace's secrets).
+    #[serde(rename = "vault:rotate")]
+    VaultRotate,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 13] = [
+    pub const ALL: [Permission; 14] = [
         Permission::RunsCreate,
         Permission::RunsRead,
         Permission::RunsCancel,
@@ -109,6 +112,7 @@ impl Permission {
         Permission::KeysWrite,
         Permission::WorkspacesRead,
         Permission::WorkspacesWrite,
+        Permission::VaultRotate,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -126,6 +130,7 @@ impl Permission {
             Permission::KeysWrite => "keys:write",
             Permission::WorkspacesRead => "workspaces:read",
             Permission::WorkspacesWrite => "workspaces:write",
+            Permission::VaultRotate => "vault:rotate",
         }
     }
 
@@ -144,6 +149,7 @@ impl Permission {
             | Permission::KeysWrite
             | Permission::WorkspacesRead
             | Permission::WorkspacesWrite => Role::Admin,
+            Permission::VaultRotate => Role::Owner,
         }
     }
 }

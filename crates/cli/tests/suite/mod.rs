@@ -9,6 +9,7 @@ mod hostile;
 mod local_run;
 mod provider_faults;
 mod run_stream;
+mod vault;
 
 use paddock_test_support::{AgentFixture, MockLlm, Server, ServerOptions, provider_toml};
 use serde_json::{Value, json};

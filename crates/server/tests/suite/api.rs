@@ -370,3 +370,37 @@ async fn secrets_are_write_only_and_validated() {
     let (_, _, list) = app.get("/v1/secrets").await;
     assert_eq!(list["data"], json!([]));
 }
+
+#[tokio::test]
+async fn the_master_key_rotates_while_serving_and_secrets_stay_readable() {
+    let app = TestApp::new().await;
+    let scope = paddock_types::Scope::default_workspace();
+    app.vault
+        .put(&scope, "gh_token", "ghp_beforerotation42")
+        .await
+        .unwrap();
+    let (status, _, r) = app.post("/v1/vault/rotate", &json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+    assert_ne!(r["old_master_key_id"], r["new_master_key_id"], "{r}");
+    assert!(r["data_keys"].as_u64().unwrap() >= 1, "{r}");
+    assert_eq!(
+        app.vault.master_key_id().await,
+        r["new_master_key_id"].as_str().unwrap()
+    );
+    // Old secrets open with the new key; new ones can be written.
+    let v = app.vault.get(&scope, "gh_token").await.unwrap().unwrap();
+    assert_eq!(v.expose(), "ghp_beforerotation42");
+    let (status, _, _) = app
+        .request(
+            axum::http::Request::put("/v1/secrets/after")
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(
+                    r#"{"value":"written-after-rotation"}"#,
+                ))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let v = app.vault.get(&scope, "after").await.unwrap().unwrap();
+    assert_eq!(v.expose(), "written-after-rotation");
+}

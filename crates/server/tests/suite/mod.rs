@@ -25,6 +25,7 @@ pub struct TestApp {
     pub store: paddock_store::DynStore,
     /// An owner key of the default workspace, sent by every helper but [`TestApp::request_raw`].
     pub key: String,
+    pub vault: Arc<paddock_vault::Vault>,
     _dir: tempfile::TempDir,
 }
 
@@ -114,12 +115,13 @@ impl TestApp {
         let key = make_key(&store, &Scope::default_workspace(), Role::Owner, None).await;
         let app = router(AppState {
             engine: Arc::clone(&engine),
-            vault,
+            vault: Arc::clone(&vault),
         });
         Self {
             app,
             store,
             key,
+            vault,
             _dir: dir,
         }
     }
