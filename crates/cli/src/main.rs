@@ -33,6 +33,19 @@ pub enum Output {
     Json,
 }
 
+/// How the commands that talk to a running server reach it.
+#[derive(clap::Args)]
+struct Remote {
+    /// Server URL
+    #[arg(long, env = "PADDOCK_SERVER", default_value = "http://127.0.0.1:8420")]
+    server: String,
+    #[arg(long, value_enum, default_value_t, global = true)]
+    output: Output,
+    /// API key (`pdk_…`) sent as `Authorization: Bearer`
+    #[arg(long, env = "PADDOCK_API_KEY", global = true, hide_env_values = true)]
+    api_key: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Start the API server and the run engine
@@ -71,53 +84,29 @@ enum Command {
     },
     /// Inspect and act on runs of a running server
     Runs {
-        /// Server URL
-        #[arg(long, env = "PADDOCK_SERVER", default_value = "http://127.0.0.1:8420")]
-        server: String,
-        #[arg(long, value_enum, default_value_t, global = true)]
-        output: Output,
-        /// API key (`pdk_…`) sent as `Authorization: Bearer`
-        #[arg(long, env = "PADDOCK_API_KEY", global = true, hide_env_values = true)]
-        api_key: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
         #[command(subcommand)]
         action: client::RunsAction,
     },
     /// Manage a server's secrets (values are write-only)
     Secrets {
-        /// Server URL
-        #[arg(long, env = "PADDOCK_SERVER", default_value = "http://127.0.0.1:8420")]
-        server: String,
-        #[arg(long, value_enum, default_value_t, global = true)]
-        output: Output,
-        /// API key (`pdk_…`) sent as `Authorization: Bearer`
-        #[arg(long, env = "PADDOCK_API_KEY", global = true, hide_env_values = true)]
-        api_key: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
         #[command(subcommand)]
         action: secrets::SecretsAction,
     },
     /// Manage a server's API keys (admin or owner key)
     Keys {
-        /// Server URL
-        #[arg(long, env = "PADDOCK_SERVER", default_value = "http://127.0.0.1:8420")]
-        server: String,
-        #[arg(long, value_enum, default_value_t, global = true)]
-        output: Output,
-        /// API key (`pdk_…`) sent as `Authorization: Bearer`
-        #[arg(long, env = "PADDOCK_API_KEY", global = true, hide_env_values = true)]
-        api_key: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
         #[command(subcommand)]
         action: admin::KeysAction,
     },
     /// Manage the workspaces of the key's org (admin or owner key)
     Workspaces {
-        /// Server URL
-        #[arg(long, env = "PADDOCK_SERVER", default_value = "http://127.0.0.1:8420")]
-        server: String,
-        #[arg(long, value_enum, default_value_t, global = true)]
-        output: Output,
-        /// API key (`pdk_…`) sent as `Authorization: Bearer`
-        #[arg(long, env = "PADDOCK_API_KEY", global = true, hide_env_values = true)]
-        api_key: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
         #[command(subcommand)]
         action: admin::WorkspacesAction,
     },
@@ -221,30 +210,42 @@ async fn dispatch(cli: Cli) -> Result<std::process::ExitCode> {
             )
             .await
         }
-        Command::Runs {
-            server,
-            output,
-            api_key,
-            action,
-        } => client::runs(&server, api_key.as_deref(), action, output).await,
-        Command::Secrets {
-            server,
-            output,
-            api_key,
-            action,
-        } => secrets::secrets(&server, api_key.as_deref(), action, output).await,
-        Command::Keys {
-            server,
-            output,
-            api_key,
-            action,
-        } => admin::keys(&server, api_key.as_deref(), action, output).await,
-        Command::Workspaces {
-            server,
-            output,
-            api_key,
-            action,
-        } => admin::workspaces(&server, api_key.as_deref(), action, output).await,
+        Command::Runs { remote, action } => {
+            client::runs(
+                &remote.server,
+                remote.api_key.as_deref(),
+                action,
+                remote.output,
+            )
+            .await
+        }
+        Command::Secrets { remote, action } => {
+            secrets::secrets(
+                &remote.server,
+                remote.api_key.as_deref(),
+                action,
+                remote.output,
+            )
+            .await
+        }
+        Command::Keys { remote, action } => {
+            admin::keys(
+                &remote.server,
+                remote.api_key.as_deref(),
+                action,
+                remote.output,
+            )
+            .await
+        }
+        Command::Workspaces { remote, action } => {
+            admin::workspaces(
+                &remote.server,
+                remote.api_key.as_deref(),
+                action,
+                remote.output,
+            )
+            .await
+        }
         Command::Vault {
             data_dir,
             output,

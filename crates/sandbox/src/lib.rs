@@ -78,7 +78,7 @@ pub struct Limits {
     /// Memory for the whole sandbox (cgroup), or address space per process (`RLIMIT_AS`) when
     /// no memory cgroup is available.
     pub memory_bytes: u64,
-    /// Processes/threads in the sandbox (cgroup `pids.max`, plus `RLIMIT_NPROC`).
+    /// Processes/threads in the sandbox (cgroup `pids.max`, or `RLIMIT_NPROC` without one).
     pub pids: u32,
     /// CPU seconds per process (`RLIMIT_CPU`).
     pub cpu_secs: u64,

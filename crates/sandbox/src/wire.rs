@@ -33,6 +33,10 @@ pub(crate) struct HelperSpec {
     pub host_ids: (u32, u32),
     /// Use `RLIMIT_AS` for memory (no memory cgroup).
     pub rlimit_as: bool,
+    /// Use `RLIMIT_NPROC` for processes (no pids cgroup). It counts every process of the host
+    /// uid, which all sandboxes share, so with a pids cgroup it would let one sandbox's fork bomb
+    /// starve the others.
+    pub rlimit_nproc: bool,
     pub cgroup: Option<CgroupPlan>,
 }
 

@@ -169,15 +169,31 @@ fn lock_folder(data_dir: &Path) -> Result<File> {
         .write(true)
         .open(&path)
         .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(TryLockError::WouldBlock) => Err(StoreError::Locked(path.display().to_string())),
-        Err(TryLockError::Error(e)) => Err(StoreError::Backend(format!(
-            "cannot lock {}: {e}",
-            path.display()
-        ))),
+    // A process that was just killed can hold the lock a moment longer through a child it was
+    // spawning (the descriptor closes only when that child's exec completes); a restart right
+    // after a crash must not fail on that, so wait briefly before calling the folder taken.
+    let deadline = std::time::Instant::now() + LOCK_GRACE;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(TryLockError::WouldBlock) => {
+                return Err(StoreError::Locked(path.display().to_string()));
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(StoreError::Backend(format!(
+                    "cannot lock {}: {e}",
+                    path.display()
+                )));
+            }
+        }
     }
 }
+
+/// How long `open` waits for another process to let go of the data folder.
+const LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn configure_writer(conn: &Connection) -> Result<()> {
     let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;

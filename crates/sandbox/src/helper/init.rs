@@ -161,8 +161,10 @@ fn set_limits(spec: &HelperSpec) -> nix::Result<()> {
         l.cpu_secs.saturating_add(1),
     )?;
     setrlimit(Resource::RLIMIT_FSIZE, l.file_bytes, l.file_bytes)?;
-    let pids = u64::from(l.pids.max(2));
-    setrlimit(Resource::RLIMIT_NPROC, pids, pids)?;
+    if spec.rlimit_nproc {
+        let pids = u64::from(l.pids.max(2));
+        setrlimit(Resource::RLIMIT_NPROC, pids, pids)?;
+    }
     if spec.rlimit_as {
         setrlimit(Resource::RLIMIT_AS, l.memory_bytes, l.memory_bytes)?;
     }

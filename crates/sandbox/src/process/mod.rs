@@ -303,7 +303,7 @@ fn report_text(
                     "RLIMIT_AS (per process)".into()
                 },
                 if c.pids.is_some() {
-                    format!("{via} + RLIMIT_NPROC")
+                    via.clone()
                 } else {
                     "RLIMIT_NPROC".into()
                 },
@@ -682,6 +682,7 @@ impl SandboxDriver for ProcessDriver {
             extra_ro_files: Vec::new(),
             host_ids: (self.inner.opts.host_uid, self.inner.opts.host_gid),
             rlimit_as: cgroups.is_none_or(|c| c.memory.is_none()),
+            rlimit_nproc: cgroups.is_none_or(|c| c.pids.is_none()),
             cgroup,
         };
         let json = crate::wire::encode(helper_spec, spec.extra_ro_files)
