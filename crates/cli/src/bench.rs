@@ -150,6 +150,9 @@ pub async fn bench(output: Output, waiting_runs: usize) -> Result<()> {
         .context("egress benchmark")?;
     let egress_added_ms_p50 = egress.added_ms_p50();
 
+    eprintln!("audit: verify a chain of 10,000 entries…");
+    let audit_verify_ms_per_10k = audit_verify().await?;
+
     let result = json!({
         "single_run_ms_per_step": round3(single_run_ms_per_step),
         "concurrent_runs_per_s": round3(concurrent_runs_per_s),
@@ -159,6 +162,7 @@ pub async fn bench(output: Output, waiting_runs: usize) -> Result<()> {
         "sandbox_spawn_ms_p50": round3(sandbox_spawn_ms_p50),
         "sandbox_spawn_back_to_back_ms_p50": round3(sandbox_spawn_back_to_back_ms_p50),
         "egress_added_ms_p50": round3(egress_added_ms_p50),
+        "audit_verify_ms_per_10k": round3(audit_verify_ms_per_10k),
     });
     match output {
         Output::Json => println!("{result}"),
@@ -171,6 +175,39 @@ pub async fn bench(output: Output, waiting_runs: usize) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Median time of `verify_audit` over a 10,000-entry chain on a fresh store (appended
+/// concurrently, so group commit keeps the setup short).
+async fn audit_verify() -> Result<f64> {
+    let dir = tempfile::tempdir().context("cannot create a temporary data folder")?;
+    let store: paddock_store::DynStore = paddock_store::SqliteStore::open(dir.path())?;
+    let scope = Scope::default_workspace();
+    for chunk in 0..20 {
+        let appends = (0..500).map(|i| {
+            let mut e = paddock_store::conformance::audit_entry(
+                "run.created",
+                &format!("run/{chunk}-{i}"),
+                paddock_types::time::now_ms(),
+            );
+            e.detail = json!({"agent": "bench", "agent_version": "1.0.0"});
+            let (store, scope) = (Arc::clone(&store), scope.clone());
+            async move { store.append_audit(&scope, e).await }
+        });
+        for r in futures::future::join_all(appends).await {
+            r?;
+        }
+    }
+    let mut times = Vec::new();
+    for _ in 0..7 {
+        let t = Instant::now();
+        let v = store.verify_audit(&scope).await?;
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+        if !v.ok || v.entries != 10_000 {
+            bail!("the benchmark chain does not verify: {v:?}");
+        }
+    }
+    Ok(median(&mut times))
 }
 
 /// Per-step cost late in a long run divided by the cost early in it, from the commit times of

@@ -3,6 +3,7 @@
 //! Data goes to stdout, everything for humans to stderr.
 
 mod admin;
+mod audit;
 mod bench;
 mod client;
 mod config;
@@ -109,6 +110,14 @@ enum Command {
         remote: Remote,
         #[command(subcommand)]
         action: admin::WorkspacesAction,
+    },
+    /// The workspace's audit trail: list it, or verify its hash chain (online, or offline with
+    /// `verify --data-dir`)
+    Audit {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(subcommand)]
+        action: audit::AuditAction,
     },
     /// Vault key management on a data folder (with the server stopped)
     Vault {
@@ -239,6 +248,16 @@ async fn dispatch(cli: Cli) -> Result<std::process::ExitCode> {
         }
         Command::Workspaces { remote, action } => {
             admin::workspaces(
+                &remote.server,
+                remote.api_key.as_deref(),
+                action,
+                remote.output,
+            )
+            .await
+        }
+        Command::Audit { remote, action } => {
+            init_tracing("warn");
+            audit::audit(
                 &remote.server,
                 remote.api_key.as_deref(),
                 action,

@@ -213,9 +213,13 @@ pub async fn serve(file: Option<&Path>, o: &config::Overrides) -> Result<()> {
         engine: Arc::clone(&engine),
         vault,
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    // Peer addresses reach the audit trail through ConnectInfo.
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await?;
     engine.shutdown();
     tracing::info!("paddock stopped");
     Ok(())

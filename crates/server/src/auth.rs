@@ -7,12 +7,12 @@
 //! comes from the key. Nothing is cached: a revocation takes effect on the next request.
 //! `/v1/keys` and `/v1/workspaces` live here too.
 
-use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::ApiJson;
+use crate::{AppState, audit};
 use axum::Json;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use paddock_store::KeyRecord;
@@ -42,38 +42,69 @@ fn forbidden(detail: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::FORBIDDEN, "forbidden", detail)
 }
 
+/// A key that exists but was refused (revoked, expired): attributable, so audited.
+pub(crate) struct Refused {
+    pub scope: Scope,
+    pub key_id: KeyId,
+    pub role: Role,
+    pub why: &'static str,
+}
+
 /// Resolves the request's key to a principal, or says why not (always 401, or 503 when the
-/// store is down).
+/// store is down), with the refused key when there is one.
 pub(crate) async fn authenticate(
     st: &AppState,
     headers: &HeaderMap,
-) -> Result<Principal, ApiError> {
+) -> Result<Principal, (ApiError, Option<Refused>)> {
+    authenticate_key(st, headers).await
+}
+
+async fn authenticate_key(
+    st: &AppState,
+    headers: &HeaderMap,
+) -> Result<Principal, (ApiError, Option<Refused>)> {
+    let plain = |e: ApiError| (e, None);
     let value = headers
         .get(header::AUTHORIZATION)
-        .ok_or_else(|| unauthenticated("missing API key; send `Authorization: Bearer pdk_…`"))?;
+        .ok_or_else(|| unauthenticated("missing API key; send `Authorization: Bearer pdk_…`"))
+        .map_err(plain)?;
     let value = value
         .to_str()
-        .map_err(|_| unauthenticated("malformed Authorization header"))?;
+        .map_err(|_| unauthenticated("malformed Authorization header"))
+        .map_err(plain)?;
     let secret = value
         .split_once(' ')
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, s)| s.trim())
-        .ok_or_else(|| unauthenticated("malformed Authorization header; use `Bearer pdk_…`"))?;
+        .ok_or_else(|| unauthenticated("malformed Authorization header; use `Bearer pdk_…`"))
+        .map_err(plain)?;
     if !paddock_vault::is_api_key_secret(secret) {
-        return Err(unauthenticated("malformed API key"));
+        return Err(plain(unauthenticated("malformed API key")));
     }
     let hash = paddock_vault::hash_api_key(secret);
     let store = st.engine.store();
     let (scope, key) = store
         .api_key_by_hash(&hash)
-        .await?
-        .ok_or_else(|| unauthenticated("unknown API key"))?;
+        .await
+        .map_err(|e| plain(e.into()))?
+        .ok_or_else(|| plain(unauthenticated("unknown API key")))?;
     let now = now_ms();
+    let refused = |why: &'static str| {
+        (
+            unauthenticated(why),
+            Some(Refused {
+                scope: scope.clone(),
+                key_id: key.id.clone(),
+                role: key.role,
+                why,
+            }),
+        )
+    };
     if key.revoked_at.is_some() {
-        return Err(unauthenticated("API key revoked"));
+        return Err(refused("API key revoked"));
     }
     if key.expires_at.is_some_and(|t| t <= now) {
-        return Err(unauthenticated("API key expired"));
+        return Err(refused("API key expired"));
     }
     if key.last_used_at.is_none_or(|t| now - t >= TOUCH_EVERY_MS) {
         let (store, id) = (std::sync::Arc::clone(store), key.id.clone());
@@ -91,21 +122,57 @@ pub(crate) async fn authenticate(
     })
 }
 
-/// The middleware every authenticated route runs: authenticate, then check `permission`.
-pub(crate) async fn require(
-    State((st, permission)): State<(AppState, Permission)>,
-    mut req: Request,
-    next: Next,
-) -> Response {
-    let principal = match authenticate(&st, req.headers()).await {
+/// What the middleware of one route knows about it.
+#[derive(Clone)]
+pub(crate) struct Guard {
+    pub state: AppState,
+    pub permission: Permission,
+    pub method: Method,
+    pub template: &'static str,
+}
+
+/// The middleware every authenticated route runs: authenticate, check `permission`, run the
+/// handler, then record the outcome in the audit trail (see [`crate::audit`]).
+pub(crate) async fn require(State(g): State<Guard>, mut req: Request, next: Next) -> Response {
+    let st = &g.state;
+    let origin = audit::Origin::of(&req);
+    let path = req.uri().path().to_owned();
+    let principal = match authenticate(st, req.headers()).await {
         Ok(p) => p,
-        Err(e) => return e.into_response(),
+        Err((e, refused)) => {
+            if let Some(r) = refused {
+                audit::record_auth_failed(st, &r.scope, &r.key_id, r.role, origin, r.why).await;
+            }
+            return e.into_response();
+        }
     };
-    if !allowed(principal.role, permission) {
-        return forbidden(format!("a {} key may not {permission}", principal.role)).into_response();
-    }
-    req.extensions_mut().insert(principal);
-    next.run(req).await
+    let mut outcome = audit::Outcome {
+        method: &g.method,
+        template: g.template,
+        path: &path,
+        permission: g.permission,
+        status: StatusCode::FORBIDDEN,
+        note: None,
+    };
+    let response = if allowed(principal.role, g.permission) {
+        req.extensions_mut().insert(principal.clone());
+        let mut response = next.run(req).await;
+        outcome.status = response.status();
+        outcome.note = response.extensions_mut().remove::<audit::AuditNote>();
+        response
+    } else {
+        forbidden(format!("a {} key may not {}", principal.role, g.permission)).into_response()
+    };
+    audit::record(
+        st,
+        &principal.scope,
+        &principal.key_id,
+        principal.role,
+        origin,
+        outcome,
+    )
+    .await;
+    response
 }
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Principal {
@@ -226,11 +293,21 @@ pub(crate) async fn create_key(
         .create_api_key(&scope, record.clone())
         .await?;
     tracing::info!(key = %record.id, role = %record.role, by = %p.key_id, "api key created");
+    let note = audit::AuditNote {
+        resource: Some(format!("key/{}", record.id)),
+        detail: Some(serde_json::json!({
+            "name": record.name,
+            "role": record.role,
+            "workspace": scope.workspace,
+        })),
+    };
     let body = CreatedKey {
         key: info(&scope, record),
         secret,
     };
-    Ok((StatusCode::CREATED, Json(body)).into_response())
+    let mut response = (StatusCode::CREATED, Json(body)).into_response();
+    response.extensions_mut().insert(note);
+    Ok(response)
 }
 
 pub(crate) async fn revoke_key(
@@ -287,5 +364,11 @@ pub(crate) async fn create_workspace(
         .create_workspace(&p.scope, &req.name)
         .await?;
     tracing::info!(workspace = %ws.id, by = %p.key_id, "workspace created");
-    Ok((StatusCode::CREATED, Json(ws)).into_response())
+    let note = audit::AuditNote {
+        resource: Some(format!("workspace/{}", ws.id)),
+        detail: Some(serde_json::json!({ "name": ws.name })),
+    };
+    let mut response = (StatusCode::CREATED, Json(ws)).into_response();
+    response.extensions_mut().insert(note);
+    Ok(response)
 }

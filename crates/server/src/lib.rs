@@ -2,6 +2,7 @@
 //! binary's job, so tests drive the same router in-process. Handlers translate HTTP to engine
 //! calls and back; they hold no business logic.
 
+mod audit;
 mod auth;
 mod error;
 mod events;
@@ -183,6 +184,18 @@ fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
             Some(P::WorkspacesWrite),
             post(auth::create_workspace),
         ),
+        r(
+            Method::GET,
+            "/v1/audit",
+            Some(P::AuditRead),
+            get(audit::list_audit),
+        ),
+        r(
+            Method::GET,
+            "/v1/audit/verify",
+            Some(P::AuditRead),
+            get(audit::verify_audit),
+        ),
     ]
 }
 
@@ -196,7 +209,12 @@ pub fn router(state: AppState) -> Router {
     for (spec, handler) in table() {
         let handler = match spec.permission {
             Some(permission) => handler.route_layer(axum::middleware::from_fn_with_state(
-                (state.clone(), permission),
+                auth::Guard {
+                    state: state.clone(),
+                    permission,
+                    method: spec.method.clone(),
+                    template: spec.path,
+                },
                 auth::require,
             )),
             None => handler,
@@ -262,12 +280,18 @@ async fn create_run(
         run = st.engine.wait(&scope, &run.id, wait).await?;
     }
     let location = format!("/v1/runs/{}", run.id);
-    Ok((
+    let note = audit::AuditNote {
+        resource: Some(format!("run/{}", run.id)),
+        detail: Some(serde_json::json!({ "agent": run.agent, "agent_version": run.agent_version })),
+    };
+    let mut response = (
         StatusCode::CREATED,
         [(axum::http::header::LOCATION, location)],
         Json(run),
     )
-        .into_response())
+        .into_response();
+    response.extensions_mut().insert(note);
+    Ok(response)
 }
 
 async fn get_run(
@@ -377,11 +401,17 @@ async fn decide_approval(
             "comment is longer than 4096 bytes",
         ));
     }
+    let decision = body.decision;
     let run = st
         .engine
-        .decide(&scope, &id, &approval_id, body.decision, body.comment)
+        .decide(&scope, &id, &approval_id, decision, body.comment)
         .await?;
-    Ok(Json(run).into_response())
+    let mut response = Json(run).into_response();
+    response.extensions_mut().insert(audit::AuditNote {
+        resource: None,
+        detail: Some(serde_json::json!({ "decision": decision })),
+    });
+    Ok(response)
 }
 
 #[derive(Deserialize)]
@@ -474,5 +504,10 @@ async fn put_agent(
         )
     })?;
     let record = st.engine.put_agent(&scope, def).await?;
-    Ok((StatusCode::OK, Json(record.definition)).into_response())
+    let mut response = (StatusCode::OK, Json(&record.definition)).into_response();
+    response.extensions_mut().insert(audit::AuditNote {
+        resource: None,
+        detail: Some(serde_json::json!({ "version": record.definition.manifest.version })),
+    });
+    Ok(response)
 }

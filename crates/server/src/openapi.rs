@@ -44,6 +44,7 @@ fn param(name: &str, location: &str, description: &str, schema: Value) -> Value 
 /// answers, so the document cannot disagree with what the router enforces.
 pub fn document() -> Value {
     let mut doc = paths_and_schemas();
+    add_audit(&mut doc);
     for route in crate::routes() {
         let Some(permission) = route.permission else {
             continue;
@@ -238,3 +239,54 @@ fetch('/v1/openapi.json').then(r=>r.json()).then(doc=>{
 });
 </script></body></html>
 "#;
+
+/// `/v1/audit` and `/v1/audit/verify` with their schemas (apart to keep each `json!` small).
+fn add_audit(doc: &mut Value) {
+    let time = |name: &str, what: &str| {
+        param(
+            name,
+            "query",
+            what,
+            json!({"type": "string", "format": "date-time"}),
+        )
+    };
+    let paths = json!({
+        "/v1/audit": {"get": {"summary": "The workspace's audit trail (oldest first): who did what, when, on what, from where, with what outcome",
+            "parameters": [
+                time("from", "only entries at or after this RFC 3339 time"),
+                time("to", "only entries at or before this RFC 3339 time"),
+                param("actor", "query", "only entries by this key id (`key_…`)", json!({"type": "string"})),
+                param("action", "query", "only this action, e.g. `run.created`", json!({"type": "string"})),
+                param("resource", "query", "only resources starting with this, e.g. `secret/`", json!({"type": "string"})),
+                param("cursor", "query", "from a previous page's next_cursor (a seq)", json!({"type": "string"})),
+                param("limit", "query", "page size (1-1000, default 100)", json!({"type": "integer"}))],
+            "responses": with_errors(json_ok("200", "a page of entries", page_of("AuditEntry")), &[400])}},
+        "/v1/audit/verify": {"get": {"summary": "Recompute every hash and link of the workspace's chain; names the first broken entry",
+            "responses": json_ok("200", "the verdict", r("AuditVerify"))}}
+    });
+    let schemas = json!({
+        "AuditEntry": {"type": "object", "required": ["seq", "at", "actor", "action", "resource", "outcome", "detail", "prev_hash", "hash"], "properties": {
+            "seq": {"type": "integer", "minimum": 1}, "at": {"type": "string", "format": "date-time"},
+            "actor": {"type": "object", "required": ["kind"], "properties": {
+                "kind": {"type": "string", "enum": ["api_key", "system", "anonymous"]},
+                "key_id": {"type": "string"}, "role": r("Role"), "end_user": {"type": "string"}}},
+            "action": {"type": "string"}, "resource": {"type": "string"},
+            "outcome": {"type": "string", "enum": ["ok", "denied", "error"]},
+            "ip": {"type": ["string", "null"]}, "user_agent": {"type": ["string", "null"]},
+            "detail": {"type": "object"},
+            "prev_hash": {"type": "string", "description": "hash of the previous entry; 64 zeros for the first"},
+            "hash": {"type": "string", "description": "hex SHA-256 of the canonical form (every field but hash, with the workspace)"}}},
+        "AuditVerify": {"type": "object", "required": ["ok", "entries"], "properties": {
+            "ok": {"type": "boolean"}, "entries": {"type": "integer"},
+            "first_broken": {"type": "object", "required": ["seq", "reason"], "properties": {
+                "seq": {"type": "integer"},
+                "reason": {"type": "string", "enum": ["hash mismatch", "prev_hash does not link", "sequence gap"]}}}}}
+    });
+    for (key, add) in [("paths", paths), ("components/schemas", schemas)] {
+        if let (Some(Value::Object(target)), Value::Object(add)) =
+            (doc.pointer_mut(&format!("/{key}")), add)
+        {
+            target.extend(add);
+        }
+    }
+}

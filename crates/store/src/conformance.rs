@@ -32,8 +32,8 @@
 //! as opaque.
 
 use crate::{
-    Append, Claimed, Committed, DataKeyRecord, DynStore, KeyRecord, Rewrap, RunFilter, SecretMeta,
-    SecretRecord, Store, StoreError,
+    Append, AuditFilter, Claimed, Committed, DataKeyRecord, DynStore, KeyRecord, NewAuditEntry,
+    Rewrap, RunFilter, SecretMeta, SecretRecord, Store, StoreError,
 };
 use paddock_types::api::{AgentDefinition, ApprovalStatus, Run};
 use paddock_types::event::{ApprovalDecision, PolicyDecision};
@@ -101,6 +101,11 @@ pub const CHECKS: &[(&str, Check)] = &[
     }),
     ("workspaces", |s| Box::pin(workspaces(s))),
     ("api_keys", |s| Box::pin(api_keys(s))),
+    ("audit_chain", |s| Box::pin(audit_chain(s))),
+    ("audit_isolation", |s| Box::pin(audit_isolation(s))),
+    ("audit_concurrent_appends", |s| {
+        Box::pin(audit_concurrent_appends(s))
+    }),
 ];
 
 /// Runs every check, each on a store from `fresh`; the second value `fresh` returns is dropped
@@ -1725,5 +1730,166 @@ pub async fn api_keys(store: DynStore) -> Outcome {
     ensure_eq!(after.last_used_at, Some(3_000));
     ensure_eq!(after.revoked_at, Some(4_000));
     ensure_eq!(store.list_api_keys(&b).await?, vec![kb]);
+    Ok(())
+}
+
+/// An audit entry by an API key.
+pub fn audit_entry(action: &str, resource: &str, at: i64) -> NewAuditEntry {
+    NewAuditEntry {
+        at,
+        actor: paddock_types::api::AuditActor {
+            kind: "api_key".to_owned(),
+            key_id: Some(KeyId::new()),
+            role: Some(Role::Admin),
+            end_user: None,
+        },
+        action: action.to_owned(),
+        resource: resource.to_owned(),
+        outcome: "ok".to_owned(),
+        ip: Some("127.0.0.1".to_owned()),
+        user_agent: Some("test".to_owned()),
+        detail: json!({"n": at, "name": "x"}),
+    }
+}
+
+pub async fn audit_chain(store: DynStore) -> Outcome {
+    let s = Scope::default_workspace();
+    let v = store.verify_audit(&s).await?;
+    ensure!(v.ok && v.entries == 0, "empty chain: {v:?}");
+    let mut appended = Vec::new();
+    for i in 1..=7 {
+        let action = if i % 2 == 0 {
+            "run.created"
+        } else {
+            "secret.written"
+        };
+        let resource = if i % 2 == 0 {
+            format!("run/r{i}")
+        } else {
+            format!("secret/s{i}")
+        };
+        let e = store
+            .append_audit(&s, audit_entry(action, &resource, 1000 + i))
+            .await?;
+        appended.push(e);
+    }
+    ensure_eq!(appended[0].seq, 1);
+    ensure_eq!(appended[0].prev_hash, crate::audit::GENESIS);
+    for w in appended.windows(2) {
+        ensure_eq!(w[1].seq, w[0].seq + 1);
+        ensure_eq!(w[1].prev_hash, w[0].hash);
+        ensure!(w[1].hash.len() == 64, "hash is not hex sha-256");
+    }
+    // Paging, oldest first, returns exactly what was appended.
+    let mut listed = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = store
+            .list_audit(&s, &AuditFilter::default(), cursor.as_deref(), 3)
+            .await?;
+        listed.extend(page.data);
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    ensure_eq!(listed, appended);
+    let f = |filter: AuditFilter| {
+        let store = store.clone();
+        let s = s.clone();
+        async move { store.list_audit(&s, &filter, None, 100).await }
+    };
+    let runs = f(AuditFilter {
+        action: Some("run.created".to_owned()),
+        ..Default::default()
+    })
+    .await?;
+    ensure_eq!(runs.data.len(), 3);
+    let secrets = f(AuditFilter {
+        resource_prefix: Some("secret/".to_owned()),
+        ..Default::default()
+    })
+    .await?;
+    ensure_eq!(secrets.data.len(), 4);
+    let window = f(AuditFilter {
+        from: Some(1002),
+        to: Some(1004),
+        ..Default::default()
+    })
+    .await?;
+    ensure_eq!(
+        window.data.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![2, 3, 4]
+    );
+    let actor = appended[4].actor.key_id.as_ref().map(|k| k.to_string());
+    let by = f(AuditFilter {
+        actor: actor.clone(),
+        ..Default::default()
+    })
+    .await?;
+    ensure_eq!(by.data.len(), 1);
+    ensure_matches!(
+        store
+            .list_audit(&s, &AuditFilter::default(), Some("nope"), 10)
+            .await,
+        Err(StoreError::BadCursor)
+    );
+    let v = store.verify_audit(&s).await?;
+    ensure!(v.ok && v.entries == 7 && v.first_broken.is_none(), "{v:?}");
+    ensure_eq!(store.audit_workspaces().await?, vec![s]);
+    Ok(())
+}
+
+pub async fn audit_isolation(store: DynStore) -> Outcome {
+    let s = Scope::default_workspace();
+    let other_ws = scope_of("org_x", "ws_other", None)?;
+    let other_org = scope_of("org_x", s.workspace.as_str(), None)?;
+    let end_user = scope_of(s.org.as_str(), s.workspace.as_str(), Some("eu_1"))?;
+    store
+        .append_audit(&s, audit_entry("key.created", "key/k", 1))
+        .await?;
+    for o in [&other_ws, &other_org] {
+        let page = store
+            .list_audit(o, &AuditFilter::default(), None, 100)
+            .await?;
+        ensure!(page.data.is_empty(), "audit leaked to {o:?}");
+        let v = store.verify_audit(o).await?;
+        ensure!(v.ok && v.entries == 0, "{v:?}");
+    }
+    // Another workspace starts its own chain at 1.
+    let e = store
+        .append_audit(&other_ws, audit_entry("key.created", "key/k", 2))
+        .await?;
+    ensure_eq!(e.seq, 1);
+    ensure_eq!(e.prev_hash, crate::audit::GENESIS);
+    // The trail is the workspace's: an end-user scope appends to and sees the same chain.
+    let e = store
+        .append_audit(&end_user, audit_entry("run.created", "run/r", 3))
+        .await?;
+    ensure_eq!(e.seq, 2);
+    ensure_eq!(store.verify_audit(&s).await?.entries, 2);
+    ensure_eq!(store.audit_workspaces().await?.len(), 2);
+    Ok(())
+}
+
+pub async fn audit_concurrent_appends(store: DynStore) -> Outcome {
+    let s = Scope::default_workspace();
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let (store, s) = (store.clone(), s.clone());
+        tasks.push(tokio::spawn(async move {
+            store
+                .append_audit(&s, audit_entry("run.created", &format!("run/{i}"), i))
+                .await
+        }));
+    }
+    let mut seqs = Vec::new();
+    for t in tasks {
+        seqs.push(t.await.map_err(fail)??.seq);
+    }
+    seqs.sort_unstable();
+    ensure_eq!(seqs, (1..=50).collect::<Vec<u64>>());
+    let v = store.verify_audit(&s).await?;
+    ensure!(v.ok && v.entries == 50, "{v:?}");
     Ok(())
 }

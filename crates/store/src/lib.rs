@@ -9,14 +9,21 @@
 //! It also keeps the vault's rows: workspace data keys (wrapped by a master key) and sealed
 //! secrets. It never sees a plaintext secret or an unwrapped key; encryption is `paddock-vault`'s.
 //!
+//! It keeps each workspace's audit trail as a hash chain ([`audit`]): entries are only ever
+//! appended, `seq` and `prev_hash` are taken inside the write transaction.
+//!
 //! Every method takes a [`Scope`]; a resource of another scope is reported as missing. This crate
 //! must not know HTTP.
 
+pub mod audit;
 pub mod conformance;
 pub mod sqlite;
 
 use async_trait::async_trait;
-use paddock_types::api::{AgentDefinition, Approval, ApprovalStatus, Page, Run, WorkspaceInfo};
+use paddock_types::api::{
+    AgentDefinition, Approval, ApprovalStatus, AuditActor, AuditEntry, AuditVerify, Page, Run,
+    WorkspaceInfo,
+};
 use paddock_types::event::ApprovalDecision;
 use paddock_types::time::Millis;
 use paddock_types::{ApprovalId, Event, KeyId, NewEvent, Role, RunId, RunStatus, Scope};
@@ -151,6 +158,33 @@ pub struct KeyRecord {
     pub expires_at: Option<Millis>,
     pub revoked_at: Option<Millis>,
     pub last_used_at: Option<Millis>,
+}
+
+/// An audit entry to append; the store assigns `seq`, `prev_hash` and `hash`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewAuditEntry {
+    pub at: Millis,
+    pub actor: AuditActor,
+    pub action: String,
+    pub resource: String,
+    pub outcome: String,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    /// Small JSON; never a secret.
+    pub detail: serde_json::Value,
+}
+
+/// Filters for [`Store::list_audit`]; all must match.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Inclusive bounds on `at`.
+    pub from: Option<Millis>,
+    pub to: Option<Millis>,
+    /// The actor's key id.
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    /// `resource` starts with this.
+    pub resource_prefix: Option<String>,
 }
 
 /// Published after each commit so SSE streams and `?wait=` wake up without polling.
@@ -291,6 +325,24 @@ pub trait Store: Send + Sync + 'static {
     async fn revoke_api_key(&self, scope: &Scope, id: &KeyId, at: Millis) -> Result<bool>;
     /// How many keys exist in the whole store (bootstrap: zero means create the first one).
     async fn count_api_keys(&self) -> Result<u64>;
+
+    // Audit. The trail belongs to the workspace: `scope.end_user` is ignored.
+
+    /// Appends an entry to the workspace's chain; `seq` and `prev_hash` are taken inside the
+    /// write transaction, so concurrent appends chain without gaps. Durable on return.
+    async fn append_audit(&self, scope: &Scope, entry: NewAuditEntry) -> Result<AuditEntry>;
+    /// Oldest first; the cursor is the last `seq` seen. `limit` is clamped to 1..=1000.
+    async fn list_audit(
+        &self,
+        scope: &Scope,
+        filter: &AuditFilter,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<AuditEntry>>;
+    /// Recomputes every hash and link of the workspace's chain in one pass.
+    async fn verify_audit(&self, scope: &Scope) -> Result<AuditVerify>;
+    /// Every workspace that has audit entries (for the offline verify), no end-user.
+    async fn audit_workspaces(&self) -> Result<Vec<Scope>>;
 }
 
 pub type DynStore = Arc<dyn Store>;

@@ -17,13 +17,14 @@ mod read;
 mod write;
 
 use crate::{
-    AgentRecord, Append, Claimed, Committed, DataKeyRecord, KeyRecord, Result, Rewrap, RunFilter,
-    SecretMeta, SecretRecord, Store, StoreError,
+    AgentRecord, Append, AuditFilter, Claimed, Committed, DataKeyRecord, KeyRecord, NewAuditEntry,
+    Result, Rewrap, RunFilter, SecretMeta, SecretRecord, Store, StoreError,
 };
 use async_trait::async_trait;
 use paddock_types::KeyId;
 use paddock_types::api::WorkspaceInfo;
 use paddock_types::api::{AgentDefinition, Approval, ApprovalStatus, Page, Run};
+use paddock_types::api::{AuditEntry, AuditVerify};
 use paddock_types::event::ApprovalDecision;
 use paddock_types::time::Millis;
 use paddock_types::{ApprovalId, Event, NewEvent, RunId, Scope};
@@ -54,6 +55,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("sqlite/migrations/0001_init.sql"),
     include_str!("sqlite/migrations/0002_secrets.sql"),
     include_str!("sqlite/migrations/0003_tenancy.sql"),
+    include_str!("sqlite/migrations/0004_audit.sql"),
 ];
 
 /// The schema version (`PRAGMA user_version`) this binary migrates databases to.
@@ -512,4 +514,65 @@ impl Store for SqliteStore {
     async fn count_api_keys(&self) -> Result<u64> {
         self.readers.with(read::count_api_keys).await
     }
+
+    async fn append_audit(&self, scope: &Scope, entry: NewAuditEntry) -> Result<AuditEntry> {
+        let scope = scope.clone();
+        self.write(move |conn| Ok((write::append_audit(conn, &scope, entry)?, None)))
+            .await
+    }
+
+    async fn list_audit(
+        &self,
+        scope: &Scope,
+        filter: &AuditFilter,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<AuditEntry>> {
+        let cursor = cursor
+            .map(|c| c.parse::<u64>().map_err(|_| StoreError::BadCursor))
+            .transpose()?;
+        let (scope, filter) = (scope.clone(), filter.clone());
+        let limit = limit.clamp(1, 1000);
+        self.readers
+            .with(move |conn| read::list_audit(conn, &scope, &filter, cursor, limit))
+            .await
+    }
+
+    async fn verify_audit(&self, scope: &Scope) -> Result<AuditVerify> {
+        let scope = scope.clone();
+        self.readers
+            .with(move |conn| read::verify_audit(conn, &scope))
+            .await
+    }
+
+    async fn audit_workspaces(&self) -> Result<Vec<Scope>> {
+        self.readers.with(read::audit_workspaces).await
+    }
+}
+
+/// Verifies every workspace's audit chain in the data folder without opening the store: the
+/// database is opened read-only and the folder lock is not taken, so this works beside a
+/// running server (WAL lets the reader see a consistent snapshot).
+pub fn verify_audit_offline(data_dir: &Path) -> Result<Vec<(Scope, AuditVerify)>> {
+    let path = data_dir.join("paddock.db");
+    if !path.is_file() {
+        return Err(StoreError::Backend(format!(
+            "no paddock database at {}",
+            path.display()
+        )));
+    }
+    let mut conn = read::open_reader(&path)?;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version < 4 {
+        // Older than the audit trail: nothing recorded yet.
+        return Ok(Vec::new());
+    }
+    // One snapshot for every workspace.
+    let tx = conn.transaction()?;
+    let mut out = Vec::new();
+    for scope in read::audit_workspaces_tx(&tx)? {
+        let v = read::verify_audit_tx(&tx, &scope)?;
+        out.push((scope, v));
+    }
+    Ok(out)
 }

@@ -304,3 +304,57 @@ pub struct WorkspaceInfo {
     #[serde(with = "crate::time::serde_rfc3339")]
     pub created_at: Millis,
 }
+
+/// Who did an audited action. `kind` is `api_key`, `system` or `anonymous`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditActor {
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<crate::KeyId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<crate::Role>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_user: Option<crate::ids::EndUserId>,
+}
+
+/// One entry of a workspace's audit trail (`GET /v1/audit`). `hash` is the SHA-256 of the
+/// entry's canonical form (see `paddock_store::audit`), which includes `prev_hash`, so the
+/// entries form a chain that [`AuditVerify`] checks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Per workspace, from 1, without gaps.
+    pub seq: u64,
+    #[serde(with = "crate::time::serde_rfc3339")]
+    pub at: Millis,
+    pub actor: AuditActor,
+    /// Stable dotted name, e.g. `run.created`, `secret.written`, `auth.failed`.
+    pub action: String,
+    /// What it was done to, e.g. `run/run_…`, `secret/NAME`. Never a secret value.
+    pub resource: String,
+    /// `ok`, `denied` or `error`.
+    pub outcome: String,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    /// Small JSON object with action-specific facts; never a secret.
+    pub detail: Value,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// `GET /v1/audit/verify`: whether the workspace's chain is intact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditVerify {
+    pub ok: bool,
+    /// Entries checked (all of them when `ok`, those before the break otherwise).
+    pub entries: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_broken: Option<AuditBreak>,
+}
+
+/// The first entry where the chain breaks, and why: `hash mismatch`, `prev_hash does not link`
+/// or `sequence gap` (then `seq` is the missing one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditBreak {
+    pub seq: u64,
+    pub reason: String,
+}

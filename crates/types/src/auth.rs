@@ -17,7 +17,7 @@ pub enum Role {
     Operator,
     /// An operator who also registers agents and writes secrets.
     Developer,
-    /// A developer who also manages API keys and workspaces.
+    /// A developer who also manages API keys and workspaces and reads the audit trail.
     Admin,
     /// Everything, including keys in other workspaces of the org.
     Owner,
@@ -95,10 +95,13 @@ pub enum Permission {
     /// Rotating the installation's master key (it protects every workspace's secrets).
     #[serde(rename = "vault:rotate")]
     VaultRotate,
+    /// Reading and verifying the workspace's audit trail.
+    #[serde(rename = "audit:read")]
+    AuditRead,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 14] = [
+    pub const ALL: [Permission; 15] = [
         Permission::RunsCreate,
         Permission::RunsRead,
         Permission::RunsCancel,
@@ -113,6 +116,7 @@ impl Permission {
         Permission::WorkspacesRead,
         Permission::WorkspacesWrite,
         Permission::VaultRotate,
+        Permission::AuditRead,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -131,6 +135,7 @@ impl Permission {
             Permission::WorkspacesRead => "workspaces:read",
             Permission::WorkspacesWrite => "workspaces:write",
             Permission::VaultRotate => "vault:rotate",
+            Permission::AuditRead => "audit:read",
         }
     }
 
@@ -148,7 +153,8 @@ impl Permission {
             Permission::KeysRead
             | Permission::KeysWrite
             | Permission::WorkspacesRead
-            | Permission::WorkspacesWrite => Role::Admin,
+            | Permission::WorkspacesWrite
+            | Permission::AuditRead => Role::Admin,
             Permission::VaultRotate => Role::Owner,
         }
     }
@@ -189,8 +195,9 @@ mod tests {
         for p in Permission::ALL {
             assert!(allowed(Role::Owner, p), "{p}");
             let read = p.as_str().ends_with(":read");
-            let admin_only =
-                p.as_str().starts_with("keys:") || p.as_str().starts_with("workspaces:");
+            let admin_only = p.as_str().starts_with("keys:")
+                || p.as_str().starts_with("workspaces:")
+                || p.as_str().starts_with("audit:");
             assert_eq!(allowed(Role::Viewer, p), read && !admin_only, "{p}");
         }
     }

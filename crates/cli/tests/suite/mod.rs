@@ -2,6 +2,7 @@
 //! it, and small readers over journals and data folders.
 
 mod approvals;
+mod audit;
 mod bad_input;
 mod crash;
 mod egress;

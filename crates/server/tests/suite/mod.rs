@@ -1,4 +1,5 @@
 mod api;
+mod audit;
 mod auth;
 
 use axum::Router;

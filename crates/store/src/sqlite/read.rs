@@ -2,12 +2,17 @@
 
 use super::write::corrupt;
 use super::{BUSY_TIMEOUT, STATEMENT_CACHE, from_json, scope_params};
+use crate::audit::{Canonical, Verifier};
 use crate::{
-    AgentRecord, DataKeyRecord, KeyRecord, Result, RunFilter, SecretMeta, SecretRecord, StoreError,
+    AgentRecord, AuditFilter, DataKeyRecord, KeyRecord, Result, RunFilter, SecretMeta,
+    SecretRecord, StoreError,
 };
+use paddock_types::KeyId;
 use paddock_types::Role;
 use paddock_types::api::WorkspaceInfo;
 use paddock_types::api::{AgentDefinition, Approval, ApprovalStatus, Page, Run};
+use paddock_types::api::{AuditActor, AuditEntry, AuditVerify};
+use paddock_types::ids::EndUserId;
 use paddock_types::time::Millis;
 use paddock_types::{ApprovalId, Event, OrgId, RunId, Scope, WorkspaceId};
 use rusqlite::types::Value;
@@ -77,7 +82,7 @@ impl Pool {
     }
 }
 
-fn open_reader(path: &std::path::Path) -> Result<Connection> {
+pub(super) fn open_reader(path: &std::path::Path) -> Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -622,4 +627,210 @@ pub(super) fn count_api_keys(conn: &mut Connection) -> Result<u64> {
         .prepare_cached("SELECT COUNT(*) FROM api_keys")?
         .query_row([], |r| r.get(0))?;
     Ok(n as u64)
+}
+
+const AUDIT_COLUMNS: &str = "SELECT seq, at, actor_kind, actor_key_id, actor_role, \
+     actor_end_user, action, resource, outcome, ip, user_agent, detail, prev_hash, hash \
+     FROM audit";
+
+type AuditRow = (
+    i64,
+    Millis,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    String,
+    String,
+    String,
+);
+
+fn audit_row(r: &Row<'_>) -> rusqlite::Result<AuditRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+        r.get(9)?,
+        r.get(10)?,
+        r.get(11)?,
+        r.get(12)?,
+        r.get(13)?,
+    ))
+}
+
+fn decode_audit(row: AuditRow) -> Result<AuditEntry> {
+    let (
+        seq,
+        at,
+        kind,
+        key_id,
+        role,
+        end_user,
+        action,
+        resource,
+        outcome,
+        ip,
+        ua,
+        detail,
+        prev,
+        hash,
+    ) = row;
+    Ok(AuditEntry {
+        seq: seq as u64,
+        at,
+        actor: AuditActor {
+            kind,
+            key_id: key_id
+                .as_deref()
+                .map(KeyId::parse)
+                .transpose()
+                .map_err(corrupt)?,
+            role: role
+                .as_deref()
+                .map(|r| Role::parse(r).ok_or_else(|| corrupt(format!("unknown role {r}"))))
+                .transpose()?,
+            end_user: end_user
+                .as_deref()
+                .map(EndUserId::parse)
+                .transpose()
+                .map_err(corrupt)?,
+        },
+        action,
+        resource,
+        outcome,
+        ip,
+        user_agent: ua,
+        detail: from_json(&detail)?,
+        prev_hash: prev,
+        hash,
+    })
+}
+
+pub(super) fn list_audit(
+    conn: &mut Connection,
+    scope: &Scope,
+    filter: &AuditFilter,
+    cursor: Option<u64>,
+    limit: u32,
+) -> Result<Page<AuditEntry>> {
+    // The trail is the workspace's: an end-user in the scope does not narrow it.
+    let ws_scope = Scope {
+        end_user: None,
+        ..scope.clone()
+    };
+    let mut q = Query::new(AUDIT_COLUMNS, &ws_scope);
+    if let Some(from) = filter.from {
+        q.and("at >= ?", Value::Integer(from));
+    }
+    if let Some(to) = filter.to {
+        q.and("at <= ?", Value::Integer(to));
+    }
+    if let Some(actor) = &filter.actor {
+        q.and("actor_key_id = ?", Value::Text(actor.clone()));
+    }
+    if let Some(action) = &filter.action {
+        q.and("action = ?", Value::Text(action.clone()));
+    }
+    if let Some(prefix) = &filter.resource_prefix {
+        // Exact prefix match (LIKE would treat `_` and `%` in resource names as wildcards).
+        q.and(
+            "substr(resource, 1, ?) = ?",
+            Value::Integer(prefix.chars().count() as i64),
+        );
+        q.args.push(Value::Text(prefix.clone()));
+    }
+    if let Some(cursor) = cursor {
+        q.and("seq > ?", Value::Integer(cursor as i64));
+    }
+    q.sql.push_str(" ORDER BY seq LIMIT ?");
+    q.args.push(Value::Integer(i64::from(limit) + 1));
+    let rows = conn
+        .prepare_cached(&q.sql)?
+        .query_map(params_from_iter(q.args), audit_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let entries = rows
+        .into_iter()
+        .map(decode_audit)
+        .collect::<Result<Vec<_>>>()?;
+    Ok(page(entries, limit, |e| e.seq.to_string()))
+}
+
+pub(super) fn verify_audit(conn: &mut Connection, scope: &Scope) -> Result<AuditVerify> {
+    verify_audit_tx(conn, scope)
+}
+
+pub(super) fn verify_audit_tx(conn: &Connection, scope: &Scope) -> Result<AuditVerify> {
+    let (org, ws) = (scope.org.as_str(), scope.workspace.as_str());
+    let mut stmt = conn.prepare_cached(&format!(
+        "{AUDIT_COLUMNS} WHERE org = ?1 AND workspace = ?2 ORDER BY seq"
+    ))?;
+    let mut rows = stmt.query(params![org, ws])?;
+    let mut verifier = Verifier::default();
+    while let Some(r) = rows.next()? {
+        // Borrow the row's text in place: no allocation per column on the hot path.
+        let seq: i64 = r.get(0)?;
+        let text = |i: usize| -> rusqlite::Result<&str> {
+            r.get_ref(i)?.as_str().map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
+            })
+        };
+        let opt = |i: usize| -> rusqlite::Result<Option<&str>> {
+            r.get_ref(i)?.as_str_or_null().map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
+            })
+        };
+        let entry = Canonical {
+            v: 1,
+            org,
+            workspace: ws,
+            seq: seq as u64,
+            at: r.get(1)?,
+            actor_kind: text(2)?,
+            actor_key_id: opt(3)?,
+            actor_role: opt(4)?,
+            actor_end_user: opt(5)?,
+            action: text(6)?,
+            resource: text(7)?,
+            outcome: text(8)?,
+            ip: opt(9)?,
+            user_agent: opt(10)?,
+            detail: text(11)?,
+            prev_hash: text(12)?,
+        };
+        if !verifier.push(&entry, text(13)?) {
+            break;
+        }
+    }
+    Ok(verifier.finish())
+}
+
+pub(super) fn audit_workspaces(conn: &mut Connection) -> Result<Vec<Scope>> {
+    audit_workspaces_tx(conn)
+}
+
+pub(super) fn audit_workspaces_tx(conn: &Connection) -> Result<Vec<Scope>> {
+    let rows = conn
+        .prepare_cached("SELECT DISTINCT org, workspace FROM audit ORDER BY org, workspace")?
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    rows.into_iter()
+        .map(|(org, ws)| {
+            Ok(Scope {
+                org: OrgId::parse(&org).map_err(corrupt)?,
+                workspace: WorkspaceId::parse(&ws).map_err(corrupt)?,
+                end_user: None,
+            })
+        })
+        .collect()
 }

@@ -750,3 +750,83 @@ fn project_approval(
     }
     Ok(())
 }
+
+/// Appends to the workspace's audit chain. The writer is the only connection that writes, and
+/// this runs inside its transaction, so reading the last entry and inserting the next cannot
+/// interleave with another append.
+pub(super) fn append_audit(
+    conn: &Connection,
+    scope: &Scope,
+    e: crate::NewAuditEntry,
+) -> Result<paddock_types::api::AuditEntry> {
+    let (org, ws) = (scope.org.as_str(), scope.workspace.as_str());
+    let last: Option<(i64, String)> = conn
+        .prepare_cached(
+            "SELECT seq, hash FROM audit WHERE org = ?1 AND workspace = ?2 \
+             ORDER BY seq DESC LIMIT 1",
+        )?
+        .query_row(params![org, ws], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let (seq, prev_hash) = match last {
+        Some((seq, hash)) => (seq as u64 + 1, hash),
+        None => (1, crate::audit::GENESIS.to_owned()),
+    };
+    let detail = to_json(&e.detail)?;
+    let key_id = e.actor.key_id.as_ref().map(|k| k.to_string());
+    let end_user = e.actor.end_user.as_ref().map(|k| k.to_string());
+    let canonical = crate::audit::Canonical {
+        v: 1,
+        org,
+        workspace: ws,
+        seq,
+        at: e.at,
+        actor_kind: &e.actor.kind,
+        actor_key_id: key_id.as_deref(),
+        actor_role: e.actor.role.map(|r| r.as_str()),
+        actor_end_user: end_user.as_deref(),
+        action: &e.action,
+        resource: &e.resource,
+        outcome: &e.outcome,
+        ip: e.ip.as_deref(),
+        user_agent: e.user_agent.as_deref(),
+        detail: &detail,
+        prev_hash: &prev_hash,
+    };
+    let hash = canonical.hash();
+    conn.prepare_cached(
+        "INSERT INTO audit (org, workspace, seq, at, actor_kind, actor_key_id, actor_role, \
+         actor_end_user, action, resource, outcome, ip, user_agent, detail, prev_hash, hash) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+    )?
+    .execute(params![
+        org,
+        ws,
+        seq as i64,
+        e.at,
+        canonical.actor_kind,
+        canonical.actor_key_id,
+        canonical.actor_role,
+        canonical.actor_end_user,
+        canonical.action,
+        canonical.resource,
+        canonical.outcome,
+        canonical.ip,
+        canonical.user_agent,
+        canonical.detail,
+        canonical.prev_hash,
+        hash,
+    ])?;
+    Ok(paddock_types::api::AuditEntry {
+        seq,
+        at: e.at,
+        actor: e.actor,
+        action: e.action,
+        resource: e.resource,
+        outcome: e.outcome,
+        ip: e.ip,
+        user_agent: e.user_agent,
+        detail: e.detail,
+        prev_hash,
+        hash,
+    })
+}

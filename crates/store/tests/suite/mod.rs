@@ -187,7 +187,7 @@ async fn the_schema_is_versioned_and_in_wal_mode() {
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
     assert_eq!(version, paddock_store::sqlite::SCHEMA_VERSION);
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
     let mode: String = db
         .pragma_query_value(None, "journal_mode", |r| r.get(0))
         .unwrap();
@@ -264,7 +264,7 @@ async fn a_version_1_database_is_migrated_keeping_its_data() {
     let version: i64 = db
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -303,4 +303,157 @@ async fn a_rewrap_shares_no_fate_with_its_batch() {
         vec![conformance::data_key(1, "old")]
     );
     assert!(store.get_secret(&s, "token").await.unwrap().is_some());
+}
+
+/// A store with a ten-entry chain in the default workspace (and one entry elsewhere), closed so
+/// the test can edit the file.
+async fn chained(dir: &std::path::Path) {
+    let store = SqliteStore::open(dir).unwrap();
+    let s = Scope::default_workspace();
+    for i in 1..=10 {
+        store
+            .append_audit(
+                &s,
+                conformance::audit_entry("run.created", &format!("run/{i}"), i),
+            )
+            .await
+            .unwrap();
+    }
+    let other = Scope {
+        workspace: paddock_types::WorkspaceId::parse("ws_other").unwrap(),
+        ..s.clone()
+    };
+    store
+        .append_audit(&other, conformance::audit_entry("key.created", "key/k", 1))
+        .await
+        .unwrap();
+    drop(store);
+}
+
+async fn verify(dir: &std::path::Path) -> paddock_types::api::AuditVerify {
+    let store = SqliteStore::open(dir).unwrap();
+    store
+        .verify_audit(&Scope::default_workspace())
+        .await
+        .unwrap()
+}
+
+fn broken(v: &paddock_types::api::AuditVerify) -> (u64, String) {
+    assert!(!v.ok, "{v:?}");
+    let b = v.first_broken.clone().unwrap();
+    (b.seq, b.reason)
+}
+
+#[tokio::test]
+async fn audit_tamper_edit_is_named_at_the_edited_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    chained(dir.path()).await;
+    let db = rusqlite::Connection::open(dir.path().join("paddock.db")).unwrap();
+    db.execute(
+        "UPDATE audit SET resource = 'run/forged' WHERE workspace = 'ws_default' AND seq = 4",
+        [],
+    )
+    .unwrap();
+    drop(db);
+    let v = verify(dir.path()).await;
+    assert_eq!(broken(&v), (4, "hash mismatch".to_owned()));
+    assert_eq!(v.entries, 3);
+}
+
+#[tokio::test]
+async fn audit_tamper_edit_with_a_recomputed_hash_breaks_the_next_link() {
+    let dir = tempfile::tempdir().unwrap();
+    chained(dir.path()).await;
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let all = store
+        .list_audit(&Scope::default_workspace(), &Default::default(), None, 100)
+        .await
+        .unwrap();
+    drop(store);
+    // A forger who rewrites entry 6 consistently (new hash over the new content) still cannot
+    // fix entry 7's prev_hash without rewriting the rest of the chain.
+    let e = &all.data[5];
+    let detail = serde_json::to_string(&e.detail).unwrap();
+    let key = e.actor.key_id.as_ref().map(|k| k.to_string());
+    let forged = paddock_store::audit::Canonical {
+        v: 1,
+        org: "org_default",
+        workspace: "ws_default",
+        seq: 6,
+        at: e.at,
+        actor_kind: &e.actor.kind,
+        actor_key_id: key.as_deref(),
+        actor_role: e.actor.role.map(|r| r.as_str()),
+        actor_end_user: None,
+        action: "run.cancelled",
+        resource: &e.resource,
+        outcome: &e.outcome,
+        ip: e.ip.as_deref(),
+        user_agent: e.user_agent.as_deref(),
+        detail: &detail,
+        prev_hash: &e.prev_hash,
+    };
+    let db = rusqlite::Connection::open(dir.path().join("paddock.db")).unwrap();
+    db.execute(
+        "UPDATE audit SET action = 'run.cancelled', hash = ?1 \
+         WHERE workspace = 'ws_default' AND seq = 6",
+        [forged.hash()],
+    )
+    .unwrap();
+    drop(db);
+    assert_eq!(
+        broken(&verify(dir.path()).await),
+        (7, "prev_hash does not link".to_owned())
+    );
+}
+
+#[tokio::test]
+async fn audit_tamper_delete_is_named_as_a_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    chained(dir.path()).await;
+    let db = rusqlite::Connection::open(dir.path().join("paddock.db")).unwrap();
+    db.execute(
+        "DELETE FROM audit WHERE workspace = 'ws_default' AND seq = 5",
+        [],
+    )
+    .unwrap();
+    drop(db);
+    assert_eq!(
+        broken(&verify(dir.path()).await),
+        (5, "sequence gap".to_owned())
+    );
+}
+
+#[tokio::test]
+async fn audit_tamper_reorder_is_named_at_the_first_moved_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    chained(dir.path()).await;
+    let db = rusqlite::Connection::open(dir.path().join("paddock.db")).unwrap();
+    // Swap entries 3 and 8 (through a free seq, as seq is the key).
+    for sql in [
+        "UPDATE audit SET seq = 1000 WHERE workspace = 'ws_default' AND seq = 3",
+        "UPDATE audit SET seq = 3 WHERE workspace = 'ws_default' AND seq = 8",
+        "UPDATE audit SET seq = 8 WHERE workspace = 'ws_default' AND seq = 1000",
+    ] {
+        db.execute(sql, []).unwrap();
+    }
+    drop(db);
+    assert_eq!(
+        broken(&verify(dir.path()).await),
+        (3, "hash mismatch".to_owned())
+    );
+}
+
+#[tokio::test]
+async fn audit_verify_offline_reads_beside_a_running_store() {
+    let dir = tempfile::tempdir().unwrap();
+    chained(dir.path()).await;
+    // The store stays open (holding the folder lock) while the offline verify reads.
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let all = paddock_store::sqlite::verify_audit_offline(dir.path()).unwrap();
+    assert_eq!(all.len(), 2);
+    assert!(all.iter().all(|(_, v)| v.ok));
+    assert_eq!(all.iter().map(|(_, v)| v.entries).sum::<u64>(), 11);
+    drop(store);
+    assert!(paddock_store::sqlite::verify_audit_offline(&dir.path().join("none")).is_err());
 }

@@ -189,6 +189,32 @@ impl Store for Faulty {
     async fn count_api_keys(&self) -> Result<u64> {
         self.inner.count_api_keys().await
     }
+
+    async fn append_audit(
+        &self,
+        scope: &Scope,
+        entry: paddock_store::NewAuditEntry,
+    ) -> Result<paddock_types::api::AuditEntry> {
+        self.inner.append_audit(scope, entry).await
+    }
+
+    async fn list_audit(
+        &self,
+        scope: &Scope,
+        filter: &paddock_store::AuditFilter,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<paddock_types::api::AuditEntry>> {
+        self.inner.list_audit(scope, filter, cursor, limit).await
+    }
+
+    async fn verify_audit(&self, scope: &Scope) -> Result<paddock_types::api::AuditVerify> {
+        self.inner.verify_audit(scope).await
+    }
+
+    async fn audit_workspaces(&self) -> Result<Vec<Scope>> {
+        self.inner.audit_workspaces().await
+    }
 }
 
 async fn faulty_vault(dir: &std::path::Path, fault: Fault) -> (DynStore, Vault) {

@@ -1,0 +1,107 @@
+//! `paddock audit verify --data-dir` against a live server's data folder: ok while the chain is
+//! intact, non-zero naming the first broken entry once an entry is edited in the database.
+
+use super::{bin, start};
+use paddock_test_support::MockLlm;
+use serde_json::json;
+use std::process::Command;
+
+fn paddock(args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new(bin());
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("PADDOCK_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.args(args).output().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_verify_finds_an_edited_entry_in_a_live_data_folder() {
+    let mock = MockLlm::start(bin(), 0).await;
+    let server = start(&mock, vec![]).await;
+    let api = server.api();
+    for name in ["one", "two", "three"] {
+        let r = api
+            .send(
+                api.http()
+                    .put(api.url(&format!("/v1/secrets/{name}")))
+                    .json(&json!({ "value": "v" })),
+            )
+            .await;
+        assert_eq!(r.status, 201);
+    }
+    let data = server.data_dir().to_str().unwrap().to_owned();
+
+    let out = paddock(&["audit", "verify", "--data-dir", &data]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("ok (3 entries)"), "{stdout}");
+
+    // Online, through the API, with the same verdict.
+    let url = server.url();
+    let online = paddock(&[
+        "audit",
+        "--server",
+        &url,
+        "--api-key",
+        server.admin_key(),
+        "verify",
+    ]);
+    assert!(
+        online.status.success(),
+        "{}",
+        String::from_utf8_lossy(&online.stderr)
+    );
+    let list = paddock(&[
+        "audit",
+        "--server",
+        &url,
+        "--api-key",
+        server.admin_key(),
+        "list",
+        "--action",
+        "secret.written",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&list.stdout).lines().count(), 3);
+
+    // Tamper with entry 2 behind the server's back.
+    let db = rusqlite::Connection::open(server.data_dir().join("paddock.db")).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+    let n = db
+        .execute(
+            "UPDATE audit SET resource = 'secret/forged' WHERE seq = 2",
+            [],
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+    drop(db);
+
+    let out = paddock(&["audit", "verify", "--data-dir", &data]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "tampering went unnoticed: {stdout}");
+    assert!(
+        stdout.contains("BROKEN at seq 2: hash mismatch"),
+        "{stdout}"
+    );
+    let online = paddock(&[
+        "audit",
+        "--server",
+        &url,
+        "--api-key",
+        server.admin_key(),
+        "--output",
+        "json",
+        "verify",
+    ]);
+    assert!(!online.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&online.stdout).unwrap();
+    assert_eq!(
+        v["first_broken"],
+        json!({"seq": 2, "reason": "hash mismatch"})
+    );
+}
