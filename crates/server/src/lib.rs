@@ -7,6 +7,7 @@ mod auth;
 mod error;
 mod events;
 mod extract;
+mod idempotency;
 mod openapi;
 mod secrets;
 
@@ -49,6 +50,8 @@ pub struct RouteSpec {
     pub path: &'static str,
     /// The permission the caller's key must hold; `None` for the public routes.
     pub permission: Option<Permission>,
+    /// A creating POST that honours `Idempotency-Key` (the `idempotency` module).
+    pub idempotent: bool,
 }
 
 /// THE route table. A route exists only if it is here, and every `/v1` route but the OpenAPI
@@ -61,6 +64,17 @@ fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                 method,
                 path,
                 permission,
+                idempotent: false,
+            },
+            h,
+        )
+    };
+    // A creating POST: `Idempotency-Key` is honoured.
+    let creating = |(spec, h): (RouteSpec, MethodRouter<AppState>)| {
+        (
+            RouteSpec {
+                idempotent: true,
+                ..spec
             },
             h,
         )
@@ -69,12 +83,12 @@ fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
         r(Method::GET, "/healthz", None, get(healthz)),
         r(Method::GET, "/docs", None, get(docs)),
         r(Method::GET, "/v1/openapi.json", None, get(openapi_json)),
-        r(
+        creating(r(
             Method::POST,
             "/v1/runs",
             Some(P::RunsCreate),
             post(create_run),
-        ),
+        )),
         r(Method::GET, "/v1/runs", Some(P::RunsRead), get(list_runs)),
         r(
             Method::GET,
@@ -160,12 +174,12 @@ fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
             Some(P::KeysRead),
             get(auth::list_keys),
         ),
-        r(
+        creating(r(
             Method::POST,
             "/v1/keys",
             Some(P::KeysWrite),
             post(auth::create_key),
-        ),
+        )),
         r(
             Method::DELETE,
             "/v1/keys/{id}",
@@ -178,12 +192,12 @@ fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
             Some(P::WorkspacesRead),
             get(auth::list_workspaces),
         ),
-        r(
+        creating(r(
             Method::POST,
             "/v1/workspaces",
             Some(P::WorkspacesWrite),
             post(auth::create_workspace),
-        ),
+        )),
         r(
             Method::GET,
             "/v1/audit",
@@ -207,6 +221,15 @@ pub fn routes() -> Vec<RouteSpec> {
 pub fn router(state: AppState) -> Router {
     let mut router = Router::new();
     for (spec, handler) in table() {
+        // Inside the auth layer: it needs the principal's workspace.
+        let handler = if spec.idempotent {
+            handler.route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                idempotency::layer,
+            ))
+        } else {
+            handler
+        };
         let handler = match spec.permission {
             Some(permission) => handler.route_layer(axum::middleware::from_fn_with_state(
                 auth::Guard {

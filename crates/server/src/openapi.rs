@@ -59,6 +59,27 @@ pub fn document() -> Value {
         {
             op.insert("security".to_owned(), json!([{"bearer": []}]));
             op.insert("x-permission".to_owned(), json!(permission.as_str()));
+            if route.idempotent {
+                let key = param(
+                    "Idempotency-Key",
+                    "header",
+                    "1-255 printable ASCII characters, kept 24 h per workspace: a retry with the same key and request gets the stored response again (with `Idempotent-Replayed: true`) instead of acting twice; the same key with another request is 422 `idempotency_key_mismatch`, while the first is still running 409 `idempotency_key_in_flight`",
+                    json!({"type": "string", "minLength": 1, "maxLength": 255}),
+                );
+                match op.get_mut("parameters").and_then(Value::as_array_mut) {
+                    Some(params) => params.push(key),
+                    None => {
+                        op.insert("parameters".to_owned(), json!([key]));
+                    }
+                }
+                if let (Some(Value::Object(responses)), Value::Object(errs)) =
+                    (op.get_mut("responses"), problem_responses(&[409, 422]))
+                {
+                    for (code, v) in errs {
+                        responses.entry(code).or_insert(v);
+                    }
+                }
+            }
             if let (Some(Value::Object(responses)), Value::Object(errs)) =
                 (op.get_mut("responses"), problem_responses(&[401, 403]))
             {

@@ -32,8 +32,9 @@
 //! as opaque.
 
 use crate::{
-    Append, AuditFilter, Claimed, Committed, DataKeyRecord, DynStore, KeyRecord, NewAuditEntry,
-    Rewrap, RunFilter, SecretMeta, SecretRecord, Store, StoreError,
+    Append, AuditFilter, Claimed, Committed, DataKeyRecord, DynStore, IDEMPOTENCY_IN_FLIGHT_MS,
+    IDEMPOTENCY_TTL_MS, IdempotencyClaim, IdempotentResponse, KeyRecord, NewAuditEntry, Rewrap,
+    RunFilter, SecretMeta, SecretRecord, Store, StoreError,
 };
 use paddock_types::api::{AgentDefinition, ApprovalStatus, Run};
 use paddock_types::event::{ApprovalDecision, PolicyDecision};
@@ -105,6 +106,15 @@ pub const CHECKS: &[(&str, Check)] = &[
     ("audit_isolation", |s| Box::pin(audit_isolation(s))),
     ("audit_concurrent_appends", |s| {
         Box::pin(audit_concurrent_appends(s))
+    }),
+    ("idempotency_claim_complete", |s| {
+        Box::pin(idempotency_claim_complete(s))
+    }),
+    ("idempotency_expiry_and_release", |s| {
+        Box::pin(idempotency_expiry_and_release(s))
+    }),
+    ("idempotency_concurrent_claims", |s| {
+        Box::pin(idempotency_concurrent_claims(s))
     }),
 ];
 
@@ -1891,5 +1901,133 @@ pub async fn audit_concurrent_appends(store: DynStore) -> Outcome {
     ensure_eq!(seqs, (1..=50).collect::<Vec<u64>>());
     let v = store.verify_audit(&s).await?;
     ensure!(v.ok && v.entries == 50, "{v:?}");
+    Ok(())
+}
+
+fn stored_response(body: &str) -> IdempotentResponse {
+    IdempotentResponse {
+        status: 201,
+        content_type: Some("application/json".to_owned()),
+        location: Some("/v1/runs/run_x".to_owned()),
+        body: body.as_bytes().to_vec(),
+    }
+}
+
+pub async fn idempotency_claim_complete(store: DynStore) -> Outcome {
+    use IdempotencyClaim as C;
+    let a = Scope::default_workspace();
+    let a_end_user = scope_of(a.org.as_str(), a.workspace.as_str(), Some("eu_alice"))?;
+    let b = scope_of("org_default", "ws_b", None)?;
+    let t = 1_000_000;
+    ensure_eq!(store.claim_idempotency(&a, "k1", "h1", t).await?, C::New);
+    ensure_eq!(
+        store.claim_idempotency(&a, "k1", "h1", t + 1).await?,
+        C::InFlight
+    );
+    ensure_eq!(
+        store.claim_idempotency(&a, "k1", "h2", t + 1).await?,
+        C::Mismatch
+    );
+    // Per workspace: B's key of the same name is its own; an end-user shares its workspace's.
+    ensure_eq!(
+        store.claim_idempotency(&b, "k1", "h2", t + 1).await?,
+        C::New
+    );
+    ensure_eq!(
+        store
+            .claim_idempotency(&a_end_user, "k1", "h1", t + 1)
+            .await?,
+        C::InFlight
+    );
+    let resp = stored_response("{\"id\":1}");
+    store
+        .complete_idempotency(&a, "k1", "h1", resp.clone())
+        .await?;
+    ensure_eq!(
+        store.claim_idempotency(&a, "k1", "h1", t + 2).await?,
+        C::Done(resp.clone())
+    );
+    ensure_eq!(
+        store.claim_idempotency(&a, "k1", "h2", t + 2).await?,
+        C::Mismatch
+    );
+    // Completing twice or releasing a completed record changes nothing.
+    store
+        .complete_idempotency(&a, "k1", "h1", stored_response("other"))
+        .await?;
+    store.release_idempotency(&a, "k1", "h1").await?;
+    ensure_eq!(
+        store.claim_idempotency(&a, "k1", "h1", t + 3).await?,
+        C::Done(resp)
+    );
+    // B is still in flight.
+    ensure_eq!(
+        store.claim_idempotency(&b, "k1", "h2", t + 3).await?,
+        C::InFlight
+    );
+    Ok(())
+}
+
+pub async fn idempotency_expiry_and_release(store: DynStore) -> Outcome {
+    use IdempotencyClaim as C;
+    let a = Scope::default_workspace();
+    let t = 5_000_000;
+    // Release frees an in-flight claim.
+    ensure_eq!(store.claim_idempotency(&a, "r", "h", t).await?, C::New);
+    store.release_idempotency(&a, "r", "h").await?;
+    ensure_eq!(store.claim_idempotency(&a, "r", "h2", t).await?, C::New);
+    // A completed record lives 24 h, then the key is free again (with any request).
+    ensure_eq!(store.claim_idempotency(&a, "e", "h", t).await?, C::New);
+    store
+        .complete_idempotency(&a, "e", "h", stored_response("1"))
+        .await?;
+    ensure_matches!(
+        store
+            .claim_idempotency(&a, "e", "h", t + IDEMPOTENCY_TTL_MS - 1)
+            .await?,
+        C::Done(_)
+    );
+    ensure_eq!(
+        store
+            .claim_idempotency(&a, "e", "other", t + IDEMPOTENCY_TTL_MS + 1)
+            .await?,
+        C::New
+    );
+    // An in-flight claim nobody finished is abandoned after a while.
+    let u = t + IDEMPOTENCY_TTL_MS + 10;
+    ensure_eq!(store.claim_idempotency(&a, "f", "h", u).await?, C::New);
+    ensure_eq!(
+        store.claim_idempotency(&a, "f", "h", u + 1).await?,
+        C::InFlight
+    );
+    ensure_eq!(
+        store
+            .claim_idempotency(&a, "f", "h", u + IDEMPOTENCY_IN_FLIGHT_MS + 1)
+            .await?,
+        C::New
+    );
+    Ok(())
+}
+
+pub async fn idempotency_concurrent_claims(store: DynStore) -> Outcome {
+    let a = Scope::default_workspace();
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let store = std::sync::Arc::clone(&store);
+        let a = a.clone();
+        tasks.push(tokio::spawn(async move {
+            store.claim_idempotency(&a, "race", "h", 1_000).await
+        }));
+    }
+    let mut new = 0;
+    for t in tasks {
+        let claim = t.await.map_err(|e| Failure(e.to_string()))??;
+        match claim {
+            IdempotencyClaim::New => new += 1,
+            IdempotencyClaim::InFlight => {}
+            other => return Err(Failure(format!("unexpected claim {other:?}"))),
+        }
+    }
+    ensure_eq!(new, 1);
     Ok(())
 }

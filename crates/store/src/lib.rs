@@ -187,6 +187,37 @@ pub struct AuditFilter {
     pub resource_prefix: Option<String>,
 }
 
+/// How long an `Idempotency-Key` record is kept: an older one is ignored (a new request with the
+/// key runs again) and purged.
+pub const IDEMPOTENCY_TTL_MS: Millis = 24 * 60 * 60 * 1000;
+/// An in-flight idempotency claim older than this is taken as abandoned (its request died with
+/// the process or its client went away) and may be claimed again. Longer than any request runs.
+pub const IDEMPOTENCY_IN_FLIGHT_MS: Millis = 5 * 60 * 1000;
+
+/// The response stored for an `Idempotency-Key`, replayed to a retry. The store treats it as
+/// opaque.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotentResponse {
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub location: Option<String>,
+    pub body: Vec<u8>,
+}
+
+/// What [`Store::claim_idempotency`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotencyClaim {
+    /// The key was free (or expired, or abandoned): it is now claimed by this caller, who must
+    /// complete or release it.
+    New,
+    /// Another request with the key and the same request hash has not finished yet.
+    InFlight,
+    /// A request with the key and the same hash finished with this response.
+    Done(IdempotentResponse),
+    /// The key was used for a different request (another hash).
+    Mismatch,
+}
+
 /// Published after each commit so SSE streams and `?wait=` wake up without polling.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Committed {
@@ -343,6 +374,34 @@ pub trait Store: Send + Sync + 'static {
     async fn verify_audit(&self, scope: &Scope) -> Result<AuditVerify>;
     /// Every workspace that has audit entries (for the offline verify), no end-user.
     async fn audit_workspaces(&self) -> Result<Vec<Scope>>;
+
+    // Idempotency keys, per workspace (`scope.end_user` is ignored), kept
+    // [`IDEMPOTENCY_TTL_MS`].
+
+    /// Claims `key` for a request hashing to `request_hash`, atomically (of many concurrent
+    /// claims of a free key exactly one gets [`IdempotencyClaim::New`]). A record older than
+    /// [`IDEMPOTENCY_TTL_MS`] at `now`, or still in flight after [`IDEMPOTENCY_IN_FLIGHT_MS`],
+    /// counts as absent and is replaced; expired records are purged.
+    async fn claim_idempotency(
+        &self,
+        scope: &Scope,
+        key: &str,
+        request_hash: &str,
+        now: Millis,
+    ) -> Result<IdempotencyClaim>;
+    /// Stores the response of a claimed key; later claims with the same hash get it back. Does
+    /// nothing if the claim is gone or was completed already.
+    async fn complete_idempotency(
+        &self,
+        scope: &Scope,
+        key: &str,
+        request_hash: &str,
+        response: IdempotentResponse,
+    ) -> Result<()>;
+    /// Gives an in-flight claim up (the request failed in a way worth retrying): the key is free
+    /// again. A completed record is left alone.
+    async fn release_idempotency(&self, scope: &Scope, key: &str, request_hash: &str)
+    -> Result<()>;
 }
 
 pub type DynStore = Arc<dyn Store>;

@@ -17,8 +17,9 @@ mod read;
 mod write;
 
 use crate::{
-    AgentRecord, Append, AuditFilter, Claimed, Committed, DataKeyRecord, KeyRecord, NewAuditEntry,
-    Result, Rewrap, RunFilter, SecretMeta, SecretRecord, Store, StoreError,
+    AgentRecord, Append, AuditFilter, Claimed, Committed, DataKeyRecord, IdempotencyClaim,
+    IdempotentResponse, KeyRecord, NewAuditEntry, Result, Rewrap, RunFilter, SecretMeta,
+    SecretRecord, Store, StoreError,
 };
 use async_trait::async_trait;
 use paddock_types::KeyId;
@@ -56,6 +57,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("sqlite/migrations/0002_secrets.sql"),
     include_str!("sqlite/migrations/0003_tenancy.sql"),
     include_str!("sqlite/migrations/0004_audit.sql"),
+    include_str!("sqlite/migrations/0005_idempotency.sql"),
 ];
 
 /// The schema version (`PRAGMA user_version`) this binary migrates databases to.
@@ -547,6 +549,51 @@ impl Store for SqliteStore {
 
     async fn audit_workspaces(&self) -> Result<Vec<Scope>> {
         self.readers.with(read::audit_workspaces).await
+    }
+
+    async fn claim_idempotency(
+        &self,
+        scope: &Scope,
+        key: &str,
+        request_hash: &str,
+        now: Millis,
+    ) -> Result<IdempotencyClaim> {
+        let (scope, key, hash) = (scope.clone(), key.to_owned(), request_hash.to_owned());
+        self.write(move |conn| {
+            Ok((
+                write::claim_idempotency(conn, &scope, &key, &hash, now)?,
+                None,
+            ))
+        })
+        .await
+    }
+
+    async fn complete_idempotency(
+        &self,
+        scope: &Scope,
+        key: &str,
+        request_hash: &str,
+        response: IdempotentResponse,
+    ) -> Result<()> {
+        let (scope, key, hash) = (scope.clone(), key.to_owned(), request_hash.to_owned());
+        self.write(move |conn| {
+            Ok((
+                write::complete_idempotency(conn, &scope, &key, &hash, &response)?,
+                None,
+            ))
+        })
+        .await
+    }
+
+    async fn release_idempotency(
+        &self,
+        scope: &Scope,
+        key: &str,
+        request_hash: &str,
+    ) -> Result<()> {
+        let (scope, key, hash) = (scope.clone(), key.to_owned(), request_hash.to_owned());
+        self.write(move |conn| Ok((write::release_idempotency(conn, &scope, &key, &hash)?, None)))
+            .await
     }
 }
 

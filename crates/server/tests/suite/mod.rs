@@ -1,6 +1,7 @@
 mod api;
 mod audit;
 mod auth;
+mod idempotency;
 
 use axum::Router;
 use axum::body::Body;

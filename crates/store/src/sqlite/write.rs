@@ -6,8 +6,9 @@
 
 use super::{from_json, scope_params, to_json};
 use crate::{
-    AgentRecord, Append, Claimed, Committed, DataKeyRecord, KeyRecord, Result, Rewrap, SecretMeta,
-    SecretRecord, StoreError,
+    AgentRecord, Append, Claimed, Committed, DataKeyRecord, IDEMPOTENCY_IN_FLIGHT_MS,
+    IDEMPOTENCY_TTL_MS, IdempotencyClaim, IdempotentResponse, KeyRecord, Result, Rewrap,
+    SecretMeta, SecretRecord, StoreError,
 };
 use paddock_types::KeyId;
 use paddock_types::api::{AgentDefinition, ApprovalStatus, Run};
@@ -829,4 +830,110 @@ pub(super) fn append_audit(
         prev_hash,
         hash,
     })
+}
+
+// Idempotency keys. Run in the writer's transaction, so a claim's read and insert are atomic.
+
+pub(super) fn claim_idempotency(
+    conn: &Connection,
+    scope: &Scope,
+    key: &str,
+    request_hash: &str,
+    now: Millis,
+) -> Result<IdempotencyClaim> {
+    let (org, ws, _) = scope_params(scope);
+    let expired_before = now.saturating_sub(IDEMPOTENCY_TTL_MS);
+    // Cheap: the index on created_at makes this a range delete of what just expired.
+    conn.prepare_cached("DELETE FROM idempotency WHERE created_at < ?1")?
+        .execute(params![expired_before])?;
+    type Row = (
+        String,
+        Millis,
+        Option<u16>,
+        Option<String>,
+        Option<String>,
+        Option<Vec<u8>>,
+    );
+    let row: Option<Row> = conn
+        .prepare_cached(
+            "SELECT request_hash, created_at, status, content_type, location, body
+             FROM idempotency WHERE org = ?1 AND workspace = ?2 AND key = ?3",
+        )?
+        .query_row(params![org, ws, key], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        })
+        .optional()?;
+    if let Some((hash, created_at, status, content_type, location, body)) = row {
+        let abandoned =
+            status.is_none() && created_at < now.saturating_sub(IDEMPOTENCY_IN_FLIGHT_MS);
+        if !abandoned {
+            if hash != request_hash {
+                return Ok(IdempotencyClaim::Mismatch);
+            }
+            return Ok(match status {
+                None => IdempotencyClaim::InFlight,
+                Some(status) => IdempotencyClaim::Done(IdempotentResponse {
+                    status,
+                    content_type,
+                    location,
+                    body: body.unwrap_or_default(),
+                }),
+            });
+        }
+    }
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO idempotency
+             (org, workspace, key, request_hash, created_at, status, content_type, location, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, NULL, NULL, NULL, NULL)",
+    )?
+    .execute(params![org, ws, key, request_hash, now])?;
+    Ok(IdempotencyClaim::New)
+}
+
+pub(super) fn complete_idempotency(
+    conn: &Connection,
+    scope: &Scope,
+    key: &str,
+    request_hash: &str,
+    response: &IdempotentResponse,
+) -> Result<()> {
+    let (org, ws, _) = scope_params(scope);
+    conn.prepare_cached(
+        "UPDATE idempotency SET status = ?5, content_type = ?6, location = ?7, body = ?8
+         WHERE org = ?1 AND workspace = ?2 AND key = ?3 AND request_hash = ?4
+           AND status IS NULL",
+    )?
+    .execute(params![
+        org,
+        ws,
+        key,
+        request_hash,
+        response.status,
+        response.content_type,
+        response.location,
+        response.body
+    ])?;
+    Ok(())
+}
+
+pub(super) fn release_idempotency(
+    conn: &Connection,
+    scope: &Scope,
+    key: &str,
+    request_hash: &str,
+) -> Result<()> {
+    let (org, ws, _) = scope_params(scope);
+    conn.prepare_cached(
+        "DELETE FROM idempotency
+         WHERE org = ?1 AND workspace = ?2 AND key = ?3 AND request_hash = ?4 AND status IS NULL",
+    )?
+    .execute(params![org, ws, key, request_hash])?;
+    Ok(())
 }

@@ -215,6 +215,39 @@ impl Store for Faulty {
     async fn audit_workspaces(&self) -> Result<Vec<Scope>> {
         self.inner.audit_workspaces().await
     }
+
+    async fn claim_idempotency(
+        &self,
+        scope: &Scope,
+        key: &str,
+        request_hash: &str,
+        now: i64,
+    ) -> Result<paddock_store::IdempotencyClaim> {
+        self.inner
+            .claim_idempotency(scope, key, request_hash, now)
+            .await
+    }
+    async fn complete_idempotency(
+        &self,
+        scope: &Scope,
+        key: &str,
+        request_hash: &str,
+        response: paddock_store::IdempotentResponse,
+    ) -> Result<()> {
+        self.inner
+            .complete_idempotency(scope, key, request_hash, response)
+            .await
+    }
+    async fn release_idempotency(
+        &self,
+        scope: &Scope,
+        key: &str,
+        request_hash: &str,
+    ) -> Result<()> {
+        self.inner
+            .release_idempotency(scope, key, request_hash)
+            .await
+    }
 }
 
 async fn faulty_vault(dir: &std::path::Path, fault: Fault) -> (DynStore, Vault) {
