@@ -134,9 +134,12 @@ async fn without_network_the_proxy_port_is_closed_too() {
 #[tokio::test]
 async fn exec_without_serving_the_listener_refuses_connections() {
     let ws = tempfile::tempdir().unwrap();
+    // The command starts as `spawn` returns, a moment before `exec` drops the listener; a
+    // connection in that moment would land in the backlog (see `SandboxDriver::exec`). Wait it
+    // out so the test checks what holds afterwards, rather than racing it.
     let mut s = spec(
         ws.path(),
-        "exec 3<>/dev/tcp/127.0.0.1/3128 && echo connected",
+        "sleep 0.3; exec 3<>/dev/tcp/127.0.0.1/3128 && echo connected",
     );
     s.network = Some(NetworkSpec { proxy_port: 3128 });
     let o = driver().exec(s).await.unwrap();
