@@ -147,11 +147,6 @@ impl Broker {
         }))
     }
 
-    /// The interception CA certificate (DER), for the sandbox's trust store.
-    pub fn ca_cert_der(&self) -> Vec<u8> {
-        self.ca.ca_der().to_vec()
-    }
-
     /// The interception CA certificate (PEM), for the sandbox's trust store.
     pub fn ca_cert_pem(&self) -> &str {
         &self.cfg.ca.cert_pem

@@ -107,11 +107,6 @@ impl CertAuthority {
         Ok(this)
     }
 
-    /// The CA certificate (DER), for tests and for handing to sandboxes.
-    pub(crate) fn ca_der(&self) -> &CertificateDer<'static> {
-        &self.ca_der
-    }
-
     /// Mints a leaf and verifies it against the CA with rustls' own verifier, so a CA whose
     /// subject we could not reproduce exactly fails at startup rather than in every sandbox.
     fn self_check(&self) -> Result<(), EgressError> {

@@ -110,10 +110,6 @@ pub enum EgressError {
         reason: UpstreamFailure,
         detail: String,
     },
-    /// The caller passed something unusable (e.g. a header name that is not a token). Fix the
-    /// call; nothing was sent.
-    #[error("invalid request: {0}")]
-    InvalidRequest(String),
     /// The broker configuration is unusable (bad CA, bad root PEM, bad `allow_private` entry).
     /// Fix the configuration; the broker cannot start.
     #[error("invalid egress configuration: {0}")]

@@ -114,7 +114,6 @@ impl Target {
             !s.is_empty()
                 && s.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
-                && !s.contains('/')
         });
         if has_scheme {
             return Target::parse(loc);

@@ -72,19 +72,6 @@ impl RunEgress {
     pub(crate) fn recorder(&self) -> &Arc<Recorder> {
         &self.recorder
     }
-
-    /// Replaces the run's secret values in `text` (for callers that show upstream output to the
-    /// model by other paths, e.g. error messages).
-    pub fn redact_text(&self, text: &str) -> String {
-        match self
-            .redactor
-            .as_ref()
-            .and_then(|r| r.redact(text.as_bytes()))
-        {
-            Some(r) => String::from_utf8_lossy(&r).into_owned(),
-            None => text.to_owned(),
-        }
-    }
 }
 
 impl fmt::Debug for RunEgress {

@@ -27,7 +27,6 @@ pub struct SandboxTools {
     driver: Arc<dyn SandboxDriver>,
     broker: Arc<Broker>,
     vault: Arc<Vault>,
-    workspaces: PathBuf,
     limits: Limits,
     keep_workspaces: bool,
     ca_bundle: Vec<u8>,
@@ -52,19 +51,14 @@ impl SandboxTools {
         }
         ca_bundle.extend_from_slice(broker.ca_cert_pem().as_bytes());
         Self {
-            host_files: WorkspaceTools::new(workspaces.clone()),
+            host_files: WorkspaceTools::new(workspaces),
             driver,
             broker,
             vault,
-            workspaces,
             limits,
             keep_workspaces,
             ca_bundle,
         }
-    }
-
-    fn workspace(&self, run_id: &RunId) -> PathBuf {
-        self.workspaces.join(run_id.as_str())
     }
 
     async fn egress_context(&self, ctx: ToolContext<'_>) -> Result<RunEgress, String> {
@@ -95,21 +89,21 @@ impl SandboxTools {
     }
 
     /// Runs `argv` in a fresh sandbox over the run's workspace, serving the egress proxy for it
-    /// when the agent may reach anything.
+    /// when `network` is asked for and the agent may reach anything.
     async fn sandboxed(
         &self,
         run_id: &RunId,
         egress: &Arc<RunEgress>,
+        network: bool,
         argv: Vec<String>,
         stdin: Option<Vec<u8>>,
         limits: Limits,
     ) -> Result<ExecOutput, String> {
-        let workspace = self.workspace(run_id);
+        let workspace = self.host_files.workspace(run_id);
         let mut spec = ExecSpec::new(&workspace, argv);
         spec.stdin = stdin;
         spec.limits = limits;
-        let network = !egress.rules().is_empty();
-        if network {
+        if network && !egress.rules().is_empty() {
             spec.network = Some(NetworkSpec {
                 proxy_port: PROXY_PORT,
             });
@@ -165,6 +159,7 @@ impl SandboxTools {
                     .sandboxed(
                         ctx.run_id,
                         egress,
+                        true,
                         vec!["bash".into(), "-c".into(), command.to_owned()],
                         None,
                         limits,
@@ -174,7 +169,7 @@ impl SandboxTools {
                 if out.success() { Ok(text) } else { Err(text) }
             }
             "read_file" | "write_file" | "list_files" if in_process => {
-                self.host_files.run(ctx.run_id, call)
+                self.host_files.run_off_thread(ctx.run_id, call).await
             }
             "read_file" => {
                 let rel = str_arg(args, "path")?;
@@ -185,6 +180,7 @@ impl SandboxTools {
                     .sandboxed(
                         ctx.run_id,
                         egress,
+                        false,
                         argv(&["cat", "--", &path]),
                         None,
                         limits,
@@ -211,6 +207,7 @@ impl SandboxTools {
                     .sandboxed(
                         ctx.run_id,
                         egress,
+                        false,
                         argv(&["sh", "-c", script, "sh", &path]),
                         Some(content.as_bytes().to_vec()),
                         self.limits.clone(),
@@ -226,15 +223,12 @@ impl SandboxTools {
                     None | Some(Value::Null) => ".",
                     Some(_) => str_arg(args, "path")?,
                 };
-                let path = if rel == "." {
-                    ".".to_owned()
-                } else {
-                    relative(rel)?
-                };
+                let path = relative(rel)?;
                 let out = self
                     .sandboxed(
                         ctx.run_id,
                         egress,
+                        false,
                         argv(&["ls", "-1Ap", "--", &path]),
                         None,
                         self.limits.clone(),
@@ -314,10 +308,7 @@ impl SandboxTools {
 #[async_trait::async_trait]
 impl ToolExecutor for SandboxTools {
     fn sandbox_tier(&self) -> &'static str {
-        match self.driver.tier() {
-            Tier::Process => "process",
-            Tier::None => "none",
-        }
+        self.driver.tier().as_str()
     }
 
     async fn execute(&self, ctx: ToolContext<'_>, call: &ToolCall) -> ToolOutput {
@@ -348,7 +339,7 @@ impl ToolExecutor for SandboxTools {
         if self.keep_workspaces {
             return;
         }
-        let ws = self.workspace(run_id);
+        let ws = self.host_files.workspace(run_id);
         if let Err(e) = remove_workspace(&ws).await
             && e.kind() != std::io::ErrorKind::NotFound
         {

@@ -168,6 +168,18 @@ impl WorkspaceTools {
         self.root.join(run_id.as_str())
     }
 
+    /// [`WorkspaceTools::run`] on the blocking pool: file system calls can block for
+    /// milliseconds (creating a workspace allocates inodes), and inline they would stall one of
+    /// the runtime's few worker threads.
+    pub async fn run_off_thread(&self, run_id: &RunId, call: &ToolCall) -> Result<String, String> {
+        let tools = self.clone();
+        let run_id = run_id.clone();
+        let call = call.clone();
+        tokio::task::spawn_blocking(move || tools.run(&run_id, &call))
+            .await
+            .unwrap_or_else(|e| Err(format!("tool task failed: {e}")))
+    }
+
     /// The file tools, run on the host. Only for the `none` tier and tests: a symlink the
     /// run's own code planted in the workspace would be followed.
     pub fn run(&self, run_id: &RunId, call: &ToolCall) -> Result<String, String> {
@@ -240,15 +252,7 @@ impl ToolExecutor for WorkspaceTools {
     }
 
     async fn execute(&self, ctx: ToolContext<'_>, call: &ToolCall) -> ToolOutput {
-        // File system calls can block for milliseconds (creating a workspace allocates inodes);
-        // on the blocking pool they do not stall the runtime's few worker threads.
-        let tools = self.clone();
-        let run_id = ctx.run_id.clone();
-        let call = call.clone();
-        let result = tokio::task::spawn_blocking(move || tools.run(&run_id, &call))
-            .await
-            .unwrap_or_else(|e| Err(format!("tool task failed: {e}")));
-        match result {
+        match self.run_off_thread(ctx.run_id, call).await {
             Ok(out) => ToolOutput::ok(out),
             Err(e) => ToolOutput::error(e),
         }

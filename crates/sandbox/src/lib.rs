@@ -47,12 +47,18 @@ pub enum Tier {
     None,
 }
 
-impl fmt::Display for Tier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Tier {
+    pub const fn as_str(self) -> &'static str {
+        match self {
             Tier::Process => "process",
             Tier::None => "none",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -203,7 +209,9 @@ pub trait SandboxDriver: Send + Sync + 'static {
     /// to serve it.
     async fn exec(&self, spec: ExecSpec) -> Result<ExecOutput, SandboxError> {
         let mut execution = self.spawn(spec).await?;
-        // Nobody would accept on it: refuse connections instead of letting them hang.
+        // Nobody would accept on it: refuse connections instead of letting them hang. The
+        // command is already starting, so a connection made in its first instant can still land
+        // in the listener's backlog (and is reset here); callers that grant network serve it.
         drop(execution.take_listener());
         execution.wait().await
     }

@@ -11,6 +11,7 @@ use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::{AppState, BODY_LIMIT, audit};
 use axum::body::{Body, to_bytes};
+use axum::extract::FromRequestParts;
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
@@ -65,18 +66,8 @@ async fn run(st: &AppState, req: Request, next: Next) -> Result<Response, ApiErr
         return Ok(next.run(req).await);
     };
     let key = parse_key(value)?;
-    let scope = req
-        .extensions()
-        .get::<Principal>()
-        .map(|p| p.scope.clone())
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthenticated",
-                "this route requires an API key",
-            )
-        })?;
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    let scope = Principal::from_request_parts(&mut parts, &()).await?.scope;
     let bytes = to_bytes(body, BODY_LIMIT).await.map_err(|_| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

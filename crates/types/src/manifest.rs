@@ -139,11 +139,16 @@ pub fn validate_host_pattern(host: &str) -> Result<(), String> {
 
 /// True if `host` (a request's host name, any case) matches `pattern`.
 pub fn host_matches(pattern: &str, host: &str) -> bool {
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
-    let pattern = pattern.to_ascii_lowercase();
+    // Called per rule and per credential on every proxied request: compare without allocating.
+    let host = host.trim_end_matches('.').as_bytes();
     match pattern.strip_prefix("*.") {
-        Some(suffix) => host.len() > suffix.len() + 1 && host.ends_with(&format!(".{suffix}")),
-        None => host == pattern,
+        Some(suffix) => {
+            let suffix = suffix.as_bytes();
+            host.len() > suffix.len() + 1
+                && host[host.len() - suffix.len() - 1] == b'.'
+                && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+        }
+        None => host.eq_ignore_ascii_case(pattern.as_bytes()),
     }
 }
 
