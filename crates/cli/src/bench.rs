@@ -86,14 +86,18 @@ async fn finish(engine: &Engine, scope: &Scope, id: &RunId) -> Result<()> {
 
 pub async fn bench(output: Output, waiting_runs: usize) -> Result<()> {
     let dir = tempfile::tempdir().context("cannot create a temporary data folder")?;
-    let engine = open_runtime(
+    let runtime = open_runtime(
         dir.path(),
         &BTreeMap::new(),
-        EngineConfig::default(),
+        // The throughput numbers measure the engine, not the per-workspace cap.
+        EngineConfig {
+            max_running_per_workspace: 0,
+            ..EngineConfig::default()
+        },
         Tools::InProcess,
     )
-    .await?
-    .engine;
+    .await?;
+    let engine = Arc::clone(&runtime.engine);
     let scope = Scope::default_workspace();
     engine.put_agent(&scope, agent(BENCH_AGENT)?).await?;
     engine.start();
@@ -134,6 +138,9 @@ pub async fn bench(output: Output, waiting_runs: usize) -> Result<()> {
 
     eprintln!("history flatness: one run of 1,010 tool calls…");
     let history_flatness_ratio = flatness(&engine, &scope).await?;
+
+    eprintln!("auth: 2,000 GET /v1/runs/{{id}} in-process, with and without authentication…");
+    let auth_overhead_us_p50 = auth_overhead(&runtime, &scope, &id).await?;
     engine.shutdown();
 
     eprintln!("waiting runs: {waiting_runs} runs parked on an approval in a `paddock serve`…");
@@ -163,6 +170,7 @@ pub async fn bench(output: Output, waiting_runs: usize) -> Result<()> {
         "sandbox_spawn_back_to_back_ms_p50": round3(sandbox_spawn_back_to_back_ms_p50),
         "egress_added_ms_p50": round3(egress_added_ms_p50),
         "audit_verify_ms_per_10k": round3(audit_verify_ms_per_10k),
+        "auth_overhead_us_p50": round3(auth_overhead_us_p50),
     });
     match output {
         Output::Json => println!("{result}"),
@@ -175,6 +183,83 @@ pub async fn bench(output: Output, waiting_runs: usize) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What authentication adds to a request: the median time of an authenticated
+/// `GET /v1/runs/{id}` through the real router (key lookup, permission check, rate limit with a
+/// quota it never reaches, audit decision) minus the median of the same request on the same
+/// router with authentication bypassed in-process, in microseconds. The two kinds alternate so
+/// drift hits both alike.
+async fn auth_overhead(runtime: &crate::serve::Runtime, scope: &Scope, run: &RunId) -> Result<f64> {
+    const N: usize = 2000;
+    let store = runtime.engine.store();
+    store.ensure_workspace(scope, "default").await?;
+    let secret = paddock_vault::new_api_key_secret()?;
+    let key = paddock_store::KeyRecord {
+        id: paddock_types::KeyId::new(),
+        name: "bench".to_owned(),
+        role: paddock_types::Role::Owner,
+        prefix: paddock_vault::api_key_display_prefix(&secret),
+        secret_hash: paddock_vault::hash_api_key(&secret),
+        created_at: paddock_types::time::now_ms(),
+        expires_at: None,
+        revoked_at: None,
+        last_used_at: None,
+    };
+    store.create_api_key(scope, key.clone()).await?;
+    let state = paddock_server::AppState {
+        engine: Arc::clone(&runtime.engine),
+        vault: Arc::clone(&runtime.vault),
+        // On, as in `paddock serve`, but never reached: its check is part of the cost.
+        rate_limiter: Arc::new(paddock_server::RateLimiter::new(
+            paddock_server::RateLimits {
+                per_key: Some(paddock_server::Quota {
+                    per_second: 1e9,
+                    burst: 1_000_000,
+                }),
+                per_workspace: Some(paddock_server::Quota {
+                    per_second: 1e9,
+                    burst: 1_000_000,
+                }),
+            },
+        )),
+        sessions: Arc::new(paddock_server::Sessions::default()),
+    };
+    let principal = paddock_server::Principal::key(key.id.clone(), key.role, scope.clone());
+    let authed = paddock_server::router(state.clone());
+    let bypass = paddock_server::router_with_principal(state, principal);
+    let uri = format!("/v1/runs/{run}");
+    let bearer = format!("Bearer {secret}");
+    for _ in 0..200 {
+        timed_get(&authed, &uri, &bearer).await?;
+        timed_get(&bypass, &uri, &bearer).await?;
+    }
+    let (mut with, mut without) = (Vec::with_capacity(N), Vec::with_capacity(N));
+    for _ in 0..N {
+        with.push(timed_get(&authed, &uri, &bearer).await?);
+        without.push(timed_get(&bypass, &uri, &bearer).await?);
+    }
+    Ok(median(&mut with) - median(&mut without))
+}
+
+/// One in-process GET through `app`, answer read to the end; microseconds. Fails unless 200.
+async fn timed_get(app: &axum::Router, uri: &str, bearer: &str) -> Result<f64> {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode, header};
+    use tower::ServiceExt;
+    let req = Request::get(uri)
+        .header(header::AUTHORIZATION, bearer)
+        .body(Body::empty())?;
+    let app = app.clone();
+    let t = Instant::now();
+    let resp = app.oneshot(req).await?;
+    let status = resp.status();
+    axum::body::to_bytes(resp.into_body(), usize::MAX).await?;
+    let took = t.elapsed();
+    if status != StatusCode::OK {
+        bail!("GET {uri} answered {status}");
+    }
+    Ok(took.as_secs_f64() * 1e6)
 }
 
 /// Median time of `verify_audit` over a 10,000-entry chain on a fresh store (appended
@@ -270,6 +355,10 @@ async fn waiting_rss(n: usize) -> Result<f64> {
         .arg("--agents")
         .arg(dir.path().join("agents"))
         .env("PADDOCK_LOG", "warn")
+        // Thousands of creations and polls from one key: measure memory, not the limits.
+        .env("PADDOCK_RATE_LIMITS__PER_KEY_PER_SECOND", "0")
+        .env("PADDOCK_RATE_LIMITS__PER_WORKSPACE_PER_SECOND", "0")
+        .env("PADDOCK_ENGINE__MAX_RUNNING_PER_WORKSPACE", "0")
         .env(crate::serve::ENV_ADMIN_KEY, &admin_key)
         .kill_on_drop(true)
         .stdin(std::process::Stdio::null())

@@ -68,7 +68,7 @@ pub async fn send(base: &str, req: reqwest::RequestBuilder) -> Result<serde_json
             .unwrap_or_default();
         bail!(
             "401 [unauthenticated]: {detail}; pass --api-key or set PADDOCK_API_KEY (the first \
-             `paddock serve` printed an admin key)"
+             `paddock serve` printed an admin key), or run `paddock login`"
         );
     }
     if !status.is_success() {

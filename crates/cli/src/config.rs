@@ -25,6 +25,106 @@ pub struct Config {
     pub sandbox: SandboxSection,
     #[serde(default)]
     pub egress: EgressSection,
+    #[serde(default)]
+    pub rate_limits: RateLimitsSection,
+    #[serde(default)]
+    pub auth: AuthSection,
+}
+
+/// `[auth]`: members' login sessions.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// How long a session from `POST /v1/sessions` (`paddock login`) works (default 12 h).
+    #[serde(default = "default_session_ttl_secs")]
+    pub session_ttl_secs: u64,
+}
+
+fn default_session_ttl_secs() -> u64 {
+    12 * 3600
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        Self {
+            session_ttl_secs: default_session_ttl_secs(),
+        }
+    }
+}
+
+/// `[rate_limits]`: API request rates (GCRA, in this process's memory), per API key and per
+/// workspace. A `*_per_second` of 0 turns that limit off.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitsSection {
+    /// Sustained requests per second of one API key.
+    #[serde(default = "default_key_rate")]
+    pub per_key_per_second: f64,
+    /// Requests one key may send back to back from idle.
+    #[serde(default = "default_key_burst")]
+    pub per_key_burst: u32,
+    /// Sustained requests per second of a whole workspace (all its keys together).
+    #[serde(default = "default_workspace_rate")]
+    pub per_workspace_per_second: f64,
+    #[serde(default = "default_workspace_burst")]
+    pub per_workspace_burst: u32,
+}
+
+fn default_key_rate() -> f64 {
+    100.0
+}
+fn default_key_burst() -> u32 {
+    200
+}
+fn default_workspace_rate() -> f64 {
+    500.0
+}
+fn default_workspace_burst() -> u32 {
+    1000
+}
+
+impl Default for RateLimitsSection {
+    fn default() -> Self {
+        Self {
+            per_key_per_second: default_key_rate(),
+            per_key_burst: default_key_burst(),
+            per_workspace_per_second: default_workspace_rate(),
+            per_workspace_burst: default_workspace_burst(),
+        }
+    }
+}
+
+impl RateLimitsSection {
+    /// The server's limits; fails on a negative rate or a zero burst under a rate.
+    pub fn limits(&self) -> Result<paddock_server::RateLimits> {
+        let quota = |name: &str, per_second: f64, burst: u32| {
+            if !per_second.is_finite() || per_second < 0.0 {
+                anyhow::bail!(
+                    "invalid configuration: rate_limits.{name}_per_second must be 0 (off) or a positive number"
+                );
+            }
+            if per_second == 0.0 {
+                return Ok(None);
+            }
+            if per_second < 0.001 {
+                anyhow::bail!(
+                    "invalid configuration: rate_limits.{name}_per_second must be at least 0.001 (or 0 for off)"
+                );
+            }
+            if burst == 0 {
+                anyhow::bail!("invalid configuration: rate_limits.{name}_burst must be at least 1");
+            }
+            Ok(Some(paddock_server::Quota { per_second, burst }))
+        };
+        Ok(paddock_server::RateLimits {
+            per_key: quota("per_key", self.per_key_per_second, self.per_key_burst)?,
+            per_workspace: quota(
+                "per_workspace",
+                self.per_workspace_per_second,
+                self.per_workspace_burst,
+            )?,
+        })
+    }
 }
 
 /// `[sandbox]`: where tools run.
@@ -117,6 +217,9 @@ pub struct EngineSection {
     pub max_concurrent_runs: usize,
     #[serde(default = "default_lease_secs")]
     pub lease_secs: u64,
+    /// Runs of one workspace running at once; more wait in `queued` (0 = no cap).
+    #[serde(default = "default_max_running_per_workspace")]
+    pub max_running_per_workspace: usize,
 }
 
 fn default_max_concurrent() -> usize {
@@ -125,12 +228,16 @@ fn default_max_concurrent() -> usize {
 fn default_lease_secs() -> u64 {
     30
 }
+fn default_max_running_per_workspace() -> usize {
+    20
+}
 
 impl Default for EngineSection {
     fn default() -> Self {
         Self {
             max_concurrent_runs: default_max_concurrent(),
             lease_secs: default_lease_secs(),
+            max_running_per_workspace: default_max_running_per_workspace(),
         }
     }
 }
@@ -170,6 +277,8 @@ pub fn load(file: Option<&Path>, o: &Overrides) -> Result<Config> {
                     || k.starts_with("engine__")
                     || k.starts_with("sandbox__")
                     || k.starts_with("egress__")
+                    || k.starts_with("rate_limits__")
+                    || k.starts_with("auth__")
                     || k.starts_with("providers__")
             })
             .split("__"),
@@ -193,8 +302,65 @@ pub fn load(file: Option<&Path>, o: &Overrides) -> Result<Config> {
             cfg.sandbox.tier
         );
     }
+    if !(60..=30 * 24 * 3600).contains(&cfg.auth.session_ttl_secs) {
+        anyhow::bail!(
+            "invalid configuration: auth.session_ttl_secs must be between 60 and 2592000 (30 days)"
+        );
+    }
     if cfg.engine.lease_secs < 3 {
         anyhow::bail!("invalid configuration: engine.lease_secs must be at least 3");
     }
+    cfg.rate_limits.limits()?;
     Ok(cfg)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn load_toml(toml: &str) -> Result<Config> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("paddock.toml");
+        std::fs::write(&file, toml).unwrap();
+        load(Some(&file), &Overrides::default())
+    }
+
+    #[test]
+    fn rate_limits_and_the_workspace_cap_have_generous_defaults() {
+        let cfg = load_toml("").unwrap();
+        assert_eq!(cfg.engine.max_running_per_workspace, 20);
+        let limits = cfg.rate_limits.limits().unwrap();
+        let key = limits.per_key.unwrap();
+        assert_eq!((key.per_second, key.burst), (100.0, 200));
+        let ws = limits.per_workspace.unwrap();
+        assert_eq!((ws.per_second, ws.burst), (500.0, 1000));
+    }
+
+    #[test]
+    fn a_zero_rate_turns_a_limit_off_and_bad_values_are_refused() {
+        let cfg = load_toml(
+            "[engine]\nmax_running_per_workspace = 0\n\
+             [rate_limits]\nper_key_per_second = 0\nper_workspace_per_second = 2.5\n\
+             per_workspace_burst = 5\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.engine.max_running_per_workspace, 0);
+        let limits = cfg.rate_limits.limits().unwrap();
+        assert!(limits.per_key.is_none());
+        let ws = limits.per_workspace.unwrap();
+        assert_eq!((ws.per_second, ws.burst), (2.5, 5));
+        for bad in [
+            "[rate_limits]\nper_key_per_second = -1\n",
+            "[rate_limits]\nper_key_burst = 0\n",
+            "[rate_limits]\nper_workspace_per_second = 0.0001\n",
+            "[rate_limits]\nper_minute = 3\n",
+        ] {
+            let e = load_toml(bad).unwrap_err();
+            assert!(
+                format!("{e:#}").contains("rate_limits") || format!("{e:#}").contains("per_minute"),
+                "{bad}: {e:#}"
+            );
+        }
+    }
 }

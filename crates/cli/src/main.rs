@@ -5,9 +5,11 @@
 mod admin;
 mod audit;
 mod bench;
+mod billing;
 mod client;
 mod config;
 mod local;
+mod login;
 mod secrets;
 mod serve;
 
@@ -42,9 +44,20 @@ struct Remote {
     server: String,
     #[arg(long, value_enum, default_value_t, global = true)]
     output: Output,
-    /// API key (`pdk_…`) sent as `Authorization: Bearer`
+    /// API key (`pdk_…`) sent as `Authorization: Bearer`; without one, the session of
+    /// `paddock login` for this server is used
     #[arg(long, env = "PADDOCK_API_KEY", global = true, hide_env_values = true)]
     api_key: Option<String>,
+}
+
+impl Remote {
+    /// The bearer token to send: the API key if one is given, else the stored login session.
+    fn token(&self) -> Option<String> {
+        self.api_key
+            .clone()
+            .filter(|k| !k.is_empty())
+            .or_else(|| login::stored_token(&self.server))
+    }
 }
 
 #[derive(Subcommand)]
@@ -97,19 +110,66 @@ enum Command {
         #[command(subcommand)]
         action: secrets::SecretsAction,
     },
-    /// Manage a server's API keys (admin or owner key)
-    Keys {
+    /// Manage a server's orgs, workspaces, members and API keys
+    Admin {
         #[command(flatten)]
         remote: Remote,
         #[command(subcommand)]
-        action: admin::KeysAction,
+        action: admin::AdminAction,
     },
-    /// Manage the workspaces of the key's org (admin or owner key)
-    Workspaces {
+    /// Log in to a server as a member (password from PADDOCK_PASSWORD, or asked without echo);
+    /// the session is stored for later commands
+    Login {
+        /// Server URL
+        #[arg(long, env = "PADDOCK_SERVER", default_value = "http://127.0.0.1:8420")]
+        server: String,
+        #[arg(long)]
+        email: String,
+        /// Workspace to act in (default: your own, or the org's first)
+        #[arg(long)]
+        workspace: Option<String>,
+        /// Org to log in to, when your email is a member of several
+        #[arg(long)]
+        org: Option<String>,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// End the stored session of a server and forget it
+    Logout {
+        /// Server URL
+        #[arg(long, env = "PADDOCK_SERVER", default_value = "http://127.0.0.1:8420")]
+        server: String,
+    },
+    /// A workspace's end-users: the customers its API keys act for (`Paddock-End-User`)
+    EndUsers {
         #[command(flatten)]
         remote: Remote,
         #[command(subcommand)]
-        action: admin::WorkspacesAction,
+        action: billing::EndUsersAction,
+    },
+    /// A workspace's cost budgets (hard caps per workspace, agent or end-user, per day or month)
+    Budgets {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(subcommand)]
+        action: billing::BudgetsAction,
+    },
+    /// Tokens, model calls and cost of a workspace's runs
+    Usage {
+        #[command(flatten)]
+        remote: Remote,
+        /// First UTC day, YYYY-MM-DD (default: 29 days before --to)
+        #[arg(long)]
+        from: Option<String>,
+        /// Last UTC day, YYYY-MM-DD (default: today)
+        #[arg(long)]
+        to: Option<String>,
+        /// Comma-separated subset of agent,end_user,model,day (default: all)
+        #[arg(long)]
+        group_by: Option<String>,
+        /// Every workspace of the org (owners)
+        #[arg(long)]
+        org: bool,
     },
     /// The workspace's audit trail: list it, or verify its hash chain (online, or offline with
     /// `verify --data-dir`)
@@ -222,7 +282,7 @@ async fn dispatch(cli: Cli) -> Result<std::process::ExitCode> {
         Command::Runs { remote, action } => {
             client::runs(
                 &remote.server,
-                remote.api_key.as_deref(),
+                remote.token().as_deref(),
                 action,
                 remote.output,
             )
@@ -231,26 +291,64 @@ async fn dispatch(cli: Cli) -> Result<std::process::ExitCode> {
         Command::Secrets { remote, action } => {
             secrets::secrets(
                 &remote.server,
-                remote.api_key.as_deref(),
+                remote.token().as_deref(),
                 action,
                 remote.output,
             )
             .await
         }
-        Command::Keys { remote, action } => {
-            admin::keys(
+        Command::Admin { remote, action } => {
+            admin::admin(
                 &remote.server,
-                remote.api_key.as_deref(),
+                remote.token().as_deref(),
                 action,
                 remote.output,
             )
             .await
         }
-        Command::Workspaces { remote, action } => {
-            admin::workspaces(
+        Command::Login {
+            server,
+            email,
+            workspace,
+            org,
+            output,
+        } => login::login(&server, &email, workspace, org, output).await,
+        Command::Logout { server } => login::logout(&server).await,
+        Command::EndUsers { remote, action } => {
+            billing::end_users(
                 &remote.server,
-                remote.api_key.as_deref(),
+                remote.token().as_deref(),
                 action,
+                remote.output,
+            )
+            .await
+        }
+        Command::Budgets { remote, action } => {
+            billing::budgets(
+                &remote.server,
+                remote.token().as_deref(),
+                action,
+                remote.output,
+            )
+            .await
+        }
+        Command::Usage {
+            remote,
+            from,
+            to,
+            group_by,
+            org,
+        } => {
+            let scope = org.then(|| "org".to_owned());
+            billing::usage(
+                &remote.server,
+                remote.token().as_deref(),
+                &[
+                    ("from", from),
+                    ("to", to),
+                    ("group_by", group_by),
+                    ("scope", scope),
+                ],
                 remote.output,
             )
             .await
@@ -259,7 +357,7 @@ async fn dispatch(cli: Cli) -> Result<std::process::ExitCode> {
             init_tracing("warn");
             audit::audit(
                 &remote.server,
-                remote.api_key.as_deref(),
+                remote.token().as_deref(),
                 action,
                 remote.output,
             )

@@ -192,6 +192,7 @@ pub async fn serve(file: Option<&Path>, o: &config::Overrides) -> Result<()> {
         EngineConfig {
             max_concurrent_runs: cfg.engine.max_concurrent_runs,
             lease: Duration::from_secs(cfg.engine.lease_secs),
+            max_running_per_workspace: cfg.engine.max_running_per_workspace,
             ..EngineConfig::default()
         },
         Tools::Sandboxed(&cfg.sandbox, &cfg.egress),
@@ -199,6 +200,7 @@ pub async fn serve(file: Option<&Path>, o: &config::Overrides) -> Result<()> {
     .await?;
     let agents = register_agents(&engine, cfg.agents_dir.as_deref()).await?;
     bootstrap_admin_key(engine.store()).await?;
+    bootstrap_admin_member(engine.store()).await?;
     engine.start();
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -209,9 +211,17 @@ pub async fn serve(file: Option<&Path>, o: &config::Overrides) -> Result<()> {
         agents = %agents.join(", "),
         "paddock serving on http://{addr}"
     );
+    let limits = cfg.rate_limits.limits()?;
     let app = paddock_server::router(paddock_server::AppState {
         engine: Arc::clone(&engine),
         vault,
+        rate_limiter: Arc::new(paddock_server::RateLimiter::new(limits)),
+        sessions: Arc::new(paddock_server::Sessions::new(
+            paddock_server::SessionSettings {
+                ttl: Duration::from_secs(cfg.auth.session_ttl_secs),
+                ..paddock_server::SessionSettings::default()
+            },
+        )),
     });
     // Peer addresses reach the audit trail through ConnectInfo.
     axum::serve(
@@ -271,6 +281,49 @@ pub async fn bootstrap_admin_key(store: &DynStore) -> Result<()> {
              ============================================================\n"
         );
     }
+    Ok(())
+}
+
+/// The environment variables that create the first owner member (a person who logs in with
+/// `paddock login`).
+pub const ENV_ADMIN_EMAIL: &str = "PADDOCK_ADMIN_EMAIL";
+pub const ENV_ADMIN_PASSWORD: &str = "PADDOCK_ADMIN_PASSWORD";
+
+/// On a store without any member, with `PADDOCK_ADMIN_EMAIL` and `PADDOCK_ADMIN_PASSWORD` set:
+/// creates an owner member of the default org (every workspace). Never logs the password.
+pub async fn bootstrap_admin_member(store: &DynStore) -> Result<()> {
+    let email = std::env::var(ENV_ADMIN_EMAIL)
+        .ok()
+        .filter(|v| !v.is_empty());
+    let password = std::env::var(ENV_ADMIN_PASSWORD)
+        .ok()
+        .filter(|v| !v.is_empty());
+    let (email, password) = match (email, password) {
+        (None, None) => return Ok(()),
+        (Some(e), Some(p)) => (e.trim().to_owned(), p),
+        _ => anyhow::bail!("set both {ENV_ADMIN_EMAIL} and {ENV_ADMIN_PASSWORD}, or neither"),
+    };
+    paddock_server::check_credentials(&email, &password)
+        .map_err(|e| anyhow::anyhow!("{ENV_ADMIN_EMAIL}/{ENV_ADMIN_PASSWORD}: {e}"))?;
+    if store.count_members().await? > 0 {
+        tracing::info!("members exist already; {ENV_ADMIN_EMAIL} is ignored");
+        return Ok(());
+    }
+    let scope = Scope::default_workspace();
+    store.ensure_workspace(&scope, "default").await?;
+    let member = paddock_store::MemberRecord {
+        id: paddock_types::MemberId::new(),
+        email,
+        password_hash: paddock_server::hash_password(password)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot hash the admin password: {}", e.detail))?,
+        role: paddock_types::Role::Owner,
+        workspace: None,
+        created_at: paddock_types::time::now_ms(),
+        removed_at: None,
+    };
+    store.create_member(&scope, member.clone()).await?;
+    tracing::info!(member = %member.id, email = %member.email, "created the owner member from {ENV_ADMIN_EMAIL}; log in with `paddock login`");
     Ok(())
 }
 

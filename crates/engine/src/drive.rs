@@ -4,7 +4,8 @@
 use crate::{Engine, EngineError};
 use paddock_harness::{Agent, RunState, Step, next_step};
 use paddock_models::ModelRequest;
-use paddock_store::{Append, StoreError};
+use paddock_store::{Append, BudgetRefusal, Reservation, StoreError};
+use paddock_types::billing::{BudgetSubject, usd_to_micros};
 use paddock_types::time::now_ms;
 use paddock_types::{ErrorCode, Event, EventKind, NewEvent, RunError, RunId, Scope};
 use std::sync::Arc;
@@ -145,6 +146,12 @@ pub(crate) async fn drive(
                 call_index,
                 reissue,
             } => {
+                if let Some(refusal) = reserve(engine, &j, &agent, call_index).await? {
+                    j.push(EventKind::RunFailed {
+                        error: budget_exceeded(&refusal),
+                    });
+                    return j.flush().await;
+                }
                 j.push(EventKind::ModelRequested {
                     call_index,
                     provider: agent.manifest().model.provider.clone(),
@@ -215,16 +222,7 @@ async fn call_model(
 ) -> Result<(), Stop> {
     let m = &agent.manifest().model;
     let run_id = j.run_id.to_string();
-    let req = ModelRequest {
-        model: &m.name,
-        messages: &j.state.messages,
-        tools: agent.tool_specs(),
-        temperature: m.temperature,
-        top_p: m.top_p,
-        max_output_tokens: m.max_output_tokens,
-        run_id: &run_id,
-        call_index,
-    };
+    let req = request(j, agent, &run_id, call_index);
     let call = engine.models.call(&m.provider, &req, cancel);
     let outcome = tokio::time::timeout_at(deadline.into(), call).await;
     if cancel.is_cancelled() {
@@ -256,6 +254,72 @@ async fn call_model(
         return j.flush().await;
     }
     Ok(())
+}
+
+fn request<'a>(
+    j: &'a Journal<'_>,
+    agent: &'a Agent,
+    run_id: &'a str,
+    call_index: u32,
+) -> ModelRequest<'a> {
+    let m = &agent.manifest().model;
+    ModelRequest {
+        model: &m.name,
+        messages: &j.state.messages,
+        tools: agent.tool_specs(),
+        temperature: m.temperature,
+        top_p: m.top_p,
+        max_output_tokens: m.max_output_tokens,
+        run_id,
+        call_index,
+    }
+}
+
+/// Holds the next call's most expensive outcome against the budgets that apply to the run; a
+/// refusal means the call must not be made.
+async fn reserve(
+    engine: &Engine,
+    j: &Journal<'_>,
+    agent: &Agent,
+    call_index: u32,
+) -> Result<Option<BudgetRefusal>, Stop> {
+    let run_id = j.run_id.to_string();
+    let max = engine.models.max_cost_usd(
+        &agent.manifest().model.provider,
+        &request(j, agent, &run_id, call_index),
+    );
+    let hold = Reservation {
+        run_id: j.run_id.clone(),
+        agent: agent.manifest().name.clone(),
+        micros: usd_to_micros(max),
+        at: now_ms(),
+    };
+    Ok(engine.store.reserve_budget(j.scope, hold).await?)
+}
+
+fn budget_exceeded(r: &BudgetRefusal) -> RunError {
+    let b = &r.budget;
+    let whom = match (b.subject, &b.agent, &b.end_user) {
+        (BudgetSubject::Workspace, _, _) => "the workspace".to_owned(),
+        (BudgetSubject::Agent, Some(a), _) => format!("agent {a}"),
+        (BudgetSubject::Agent, None, _) => "each agent".to_owned(),
+        (BudgetSubject::EndUser, _, Some(eu)) => format!("end-user {eu}"),
+        (BudgetSubject::EndUser, _, None) => "each end-user".to_owned(),
+    };
+    RunError::new(
+        ErrorCode::BudgetExceeded,
+        format!(
+            "budget {} ({whom}, ${} per {}) has no room for the next model call: \
+             ${:.6} spent this {}, ${:.6} held by calls in flight, this call may cost up to ${:.6}",
+            b.id,
+            b.limit_usd,
+            b.period.as_str(),
+            r.spent_usd,
+            b.period.as_str(),
+            r.held_usd,
+            r.requested_usd
+        ),
+    )
 }
 
 fn timed_out(timeout: Duration) -> EventKind {

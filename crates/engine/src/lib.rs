@@ -38,6 +38,9 @@ pub struct EngineConfig {
     pub lease: Duration,
     /// How often the dispatcher looks for work when nothing woke it.
     pub poll_interval: Duration,
+    /// Runs of one workspace running at once (leased, across every process sharing the
+    /// store); more wait in `queued` and start as slots free up. 0 = no cap.
+    pub max_running_per_workspace: usize,
 }
 
 impl Default for EngineConfig {
@@ -46,6 +49,7 @@ impl Default for EngineConfig {
             max_concurrent_runs: 512,
             lease: Duration::from_secs(30),
             poll_interval: Duration::from_secs(1),
+            max_running_per_workspace: 20,
         }
     }
 }
@@ -201,6 +205,17 @@ impl Engine {
 
     /// Validates and creates a run of the agent's latest version; a worker picks it up at once.
     pub async fn create_run(&self, scope: &Scope, req: CreateRun) -> Result<Run> {
+        self.create_run_by(scope, req, None).await
+    }
+
+    /// [`Engine::create_run`], recording who started it (an API key or member id) on the run.
+    /// The run acts for `scope.end_user` when set.
+    pub async fn create_run_by(
+        &self,
+        scope: &Scope,
+        req: CreateRun,
+        created_by: Option<String>,
+    ) -> Result<Run> {
         let record = self
             .store
             .get_agent(scope, &req.agent, None)
@@ -239,6 +254,8 @@ impl Engine {
             system_prompt: rendered.system_prompt,
             user_message: rendered.user_message,
             sandbox: self.tools.sandbox_tier().to_owned(),
+            end_user: scope.end_user.clone(),
+            created_by,
         });
         let run = self.store.create_run(scope, &id, first).await?;
         self.wake.notify_one();
@@ -317,7 +334,15 @@ impl Engine {
             if free > 0 {
                 match self
                     .store
-                    .claim(&self.worker, self.lease_ms(), free as u32)
+                    .claim(
+                        &self.worker,
+                        self.lease_ms(),
+                        free as u32,
+                        std::num::NonZeroU32::new(
+                            u32::try_from(self.config.max_running_per_workspace)
+                                .unwrap_or(u32::MAX),
+                        ),
+                    )
                     .await
                 {
                     Ok(claimed) => {

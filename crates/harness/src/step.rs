@@ -295,6 +295,8 @@ mod machine {
                 system_prompt: "p".into(),
                 user_message: "{}".into(),
                 sandbox: "none".into(),
+                end_user: None,
+                created_by: None,
             });
             j.push(EventKind::RunStarted {
                 worker: "w".into(),

@@ -232,6 +232,11 @@ impl HttpProvider {
         }
     }
 
+    /// The configured price of `model`, if any.
+    pub fn price(&self, model: &str) -> Option<&Price> {
+        self.prices.get(model)
+    }
+
     /// Price by the requested name first, then by the name the provider reports (often a dated
     /// variant of it).
     pub fn cost(&self, requested: &str, response: &ModelResponse) -> f64 {

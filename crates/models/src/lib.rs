@@ -106,6 +106,9 @@ pub struct CallError {
 pub struct Models {
     providers: BTreeMap<String, HttpProvider>,
     scripted: Scripted,
+    /// Prices for the `scripted` provider's model names (none by default: it is free), so
+    /// budgets can be tried offline.
+    scripted_prices: BTreeMap<String, Price>,
 }
 
 impl std::fmt::Debug for Models {
@@ -135,7 +138,45 @@ impl Models {
         Ok(Models {
             providers: built,
             scripted: Scripted::new(),
+            scripted_prices: BTreeMap::new(),
         })
+    }
+
+    /// Prices the `scripted` provider's calls by model name, like an HTTP provider's `prices`.
+    pub fn with_scripted_prices(mut self, prices: BTreeMap<String, Price>) -> Self {
+        self.scripted_prices = prices;
+        self
+    }
+
+    fn price(&self, provider: &str, model: &str) -> Option<&Price> {
+        if provider == SCRIPTED {
+            self.scripted_prices.get(model)
+        } else {
+            self.providers.get(provider)?.price(model)
+        }
+    }
+
+    /// The most `req` can cost on `provider`, to reserve against budgets before calling: every
+    /// byte of the conversation and the tool definitions counted as an input token (a token of
+    /// a byte-level tokenizer covers at least one byte), plus per-message framing, plus
+    /// `max_output_tokens` of output. 0 when the model has no price.
+    pub fn max_cost_usd(&self, provider: &str, req: &ModelRequest<'_>) -> f64 {
+        /// Tokens a provider may add around each message and for the request's framing.
+        const FRAMING_TOKENS: u64 = 16;
+        let Some(price) = self.price(provider, req.model) else {
+            return 0.0;
+        };
+        let bytes = |v: Result<Vec<u8>, serde_json::Error>| v.map_or(0, |v| v.len() as u64);
+        let input = bytes(serde_json::to_vec(req.messages))
+            + bytes(serde_json::to_vec(req.tools))
+            + FRAMING_TOKENS * (req.messages.len() as u64 + 1);
+        cost_usd(
+            price,
+            &paddock_types::Usage {
+                input_tokens: input,
+                output_tokens: u64::from(req.max_output_tokens),
+            },
+        )
     }
 
     /// Whether `call` knows `provider`.
@@ -157,7 +198,11 @@ impl Models {
                 self.scripted.attempt(req)
             })
             .await?;
-            (response, retries, 0.0)
+            let cost = self
+                .scripted_prices
+                .get(req.model)
+                .map_or(0.0, |p| cost_usd(p, &response.usage));
+            (response, retries, cost)
         } else {
             let Some(p) = self.providers.get(provider) else {
                 return Err(CallError {

@@ -10,6 +10,7 @@
 //! already happened); the failure is logged at error level.
 
 use crate::AppState;
+use crate::auth::Actor;
 use crate::error::ApiError;
 use crate::extract::ApiQuery;
 use axum::Json;
@@ -19,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use paddock_store::{AuditFilter, NewAuditEntry};
 use paddock_types::api::AuditActor;
 use paddock_types::time::now_ms;
-use paddock_types::{KeyId, Permission, Role, Scope};
+use paddock_types::{Permission, Role, Scope};
 use serde::Deserialize;
 
 /// Set by a handler on its response to name the resource it created (when the path does not)
@@ -70,6 +71,9 @@ fn action_of(method: &Method, template: &str) -> Option<&'static str> {
         ("POST", "/v1/keys") => "key.created",
         ("DELETE", "/v1/keys/{id}") => "key.revoked",
         ("POST", "/v1/workspaces") => "workspace.created",
+        ("POST", "/v1/members") => "member.added",
+        ("DELETE", "/v1/members/{id}") => "member.removed",
+        ("POST", "/v1/orgs") => "org.created",
         _ => return None,
     })
 }
@@ -110,7 +114,7 @@ pub(crate) struct Outcome<'a> {
 pub(crate) async fn record(
     st: &AppState,
     scope: &Scope,
-    key_id: &KeyId,
+    actor: &Actor,
     role: Role,
     origin: Origin,
     o: Outcome<'_>,
@@ -135,11 +139,10 @@ pub(crate) async fn record(
     let note = o.note.unwrap_or_default();
     let entry = NewAuditEntry {
         at: now_ms(),
+        // An API key acting for an end-user (impersonation) names it.
         actor: AuditActor {
-            kind: "api_key".to_owned(),
-            key_id: Some(key_id.clone()),
-            role: Some(role),
-            end_user: None,
+            end_user: scope.end_user.clone(),
+            ..audit_actor(actor, role)
         },
         action,
         resource: note
@@ -153,25 +156,73 @@ pub(crate) async fn record(
     append(st, scope, entry).await;
 }
 
-/// `auth.failed` for a key that exists but may no longer be used.
+/// Who did it, as the trail names it: the key, or the member of a login session.
+pub(crate) fn audit_actor(actor: &Actor, role: Role) -> AuditActor {
+    match actor {
+        Actor::Key(k) => AuditActor {
+            kind: "api_key".to_owned(),
+            key_id: Some(k.clone()),
+            role: Some(role),
+            end_user: None,
+            member_id: None,
+        },
+        Actor::Member(m) => AuditActor {
+            kind: "member".to_owned(),
+            key_id: None,
+            role: Some(role),
+            end_user: None,
+            member_id: Some(m.clone()),
+        },
+    }
+}
+
+/// The resource naming an actor: `key/key_…` or `member/usr_…`.
+pub(crate) fn actor_resource(actor: &Actor) -> String {
+    match actor {
+        Actor::Key(k) => format!("key/{k}"),
+        Actor::Member(m) => format!("member/{m}"),
+    }
+}
+
+/// An entry that no route's outcome describes (logins, logouts): appended as given.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn record_event(
+    st: &AppState,
+    scope: &Scope,
+    actor: &Actor,
+    role: Role,
+    origin: Origin,
+    action: &str,
+    outcome: &str,
+    detail: serde_json::Value,
+) {
+    let entry = NewAuditEntry {
+        at: now_ms(),
+        actor: audit_actor(actor, role),
+        action: action.to_owned(),
+        resource: actor_resource(actor),
+        outcome: outcome.to_owned(),
+        ip: origin.ip,
+        user_agent: origin.user_agent,
+        detail,
+    };
+    append(st, scope, entry).await;
+}
+
+/// `auth.failed` for a key or session that exists but may no longer be used.
 pub(crate) async fn record_auth_failed(
     st: &AppState,
     scope: &Scope,
-    key_id: &KeyId,
+    actor: &Actor,
     role: Role,
     origin: Origin,
     why: &str,
 ) {
     let entry = NewAuditEntry {
         at: now_ms(),
-        actor: AuditActor {
-            kind: "api_key".to_owned(),
-            key_id: Some(key_id.clone()),
-            role: Some(role),
-            end_user: None,
-        },
+        actor: audit_actor(actor, role),
         action: "auth.failed".to_owned(),
-        resource: format!("key/{key_id}"),
+        resource: actor_resource(actor),
         outcome: "denied".to_owned(),
         ip: origin.ip,
         user_agent: origin.user_agent,

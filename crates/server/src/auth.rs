@@ -4,7 +4,10 @@
 //! its handler: it reads `Authorization: Bearer pdk_…`, looks the key up by the SHA-256 of the
 //! secret, refuses revoked and expired keys (401), checks the permission against the one table
 //! ([`paddock_types::auth::allowed`]; 403) and hands the handler a [`Principal`] whose scope
-//! comes from the key. Nothing is cached: a revocation takes effect on the next request.
+//! comes from the key. The store may keep keys in memory (SQLite does, exactly: see its key
+//! cache), but a revocation takes effect on the next request.
+//! A member's login session (`Bearer pds_…`, see [`crate::members`]) is accepted the same way:
+//! its role is the member's, its scope the workspace the session acts in.
 //! `/v1/keys` and `/v1/workspaces` live here too.
 
 use crate::error::ApiError;
@@ -19,14 +22,62 @@ use paddock_store::KeyRecord;
 use paddock_types::api::{ApiKeyInfo, CreateKey, CreateWorkspace, CreatedKey};
 use paddock_types::auth::allowed;
 use paddock_types::time::{Millis, now_ms};
-use paddock_types::{KeyId, Permission, Role, Scope};
+use paddock_types::{KeyId, MemberId, Permission, Role, Scope};
 
-/// Who is calling: the key, its role, and the tenant it acts in.
+/// Who is calling: the key or the member (through a login session), its role, and the tenant it
+/// acts in.
 #[derive(Debug, Clone)]
 pub struct Principal {
-    pub key_id: KeyId,
+    pub actor: Actor,
     pub role: Role,
     pub scope: Scope,
+}
+
+/// What authenticated a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    /// An API key (`pdk_…`).
+    Key(KeyId),
+    /// A member's login session (`pds_…`).
+    Member(MemberId),
+}
+
+impl std::fmt::Display for Actor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Actor::Key(k) => k.fmt(f),
+            Actor::Member(m) => m.fmt(f),
+        }
+    }
+}
+
+impl Principal {
+    /// An API key's principal.
+    pub fn key(key_id: KeyId, role: Role, scope: Scope) -> Self {
+        Self {
+            actor: Actor::Key(key_id),
+            role,
+            scope,
+        }
+    }
+
+    /// Whether the caller is a member's login session rather than an API key.
+    pub fn is_session(&self) -> bool {
+        matches!(self.actor, Actor::Member(_))
+    }
+
+    /// The key or member id: what quotas and logs name the caller by.
+    pub fn actor_id(&self) -> &str {
+        match &self.actor {
+            Actor::Key(k) => k.as_str(),
+            Actor::Member(m) => m.as_str(),
+        }
+    }
+
+    /// `key` or `member`, for messages.
+    pub(crate) fn kind(&self) -> &'static str {
+        if self.is_session() { "member" } else { "key" }
+    }
 }
 
 /// `last_used_at` is written at most this often per key: it is a hint, not a log.
@@ -42,10 +93,10 @@ fn forbidden(detail: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::FORBIDDEN, "forbidden", detail)
 }
 
-/// A key that exists but was refused (revoked, expired): attributable, so audited.
+/// A key or session that exists but was refused (revoked, expired): attributable, so audited.
 pub(crate) struct Refused {
     pub scope: Scope,
-    pub key_id: KeyId,
+    pub actor: Actor,
     pub role: Role,
     pub why: &'static str,
 }
@@ -71,6 +122,9 @@ pub(crate) async fn authenticate(
         .map(|(_, s)| s.trim())
         .ok_or_else(|| unauthenticated("malformed Authorization header; use `Bearer pdk_…`"))
         .map_err(plain)?;
+    if secret.starts_with(crate::members::SESSION_PREFIX) {
+        return crate::members::authenticate_session(st, secret).await;
+    }
     if !paddock_vault::is_api_key_secret(secret) {
         return Err(plain(unauthenticated("malformed API key")));
     }
@@ -87,7 +141,7 @@ pub(crate) async fn authenticate(
             unauthenticated(why),
             Some(Refused {
                 scope: scope.clone(),
-                key_id: key.id.clone(),
+                actor: Actor::Key(key.id.clone()),
                 role: key.role,
                 why,
             }),
@@ -108,11 +162,7 @@ pub(crate) async fn authenticate(
             }
         });
     }
-    Ok(Principal {
-        key_id: key.id,
-        role: key.role,
-        scope,
-    })
+    Ok(Principal::key(key.id, key.role, scope))
 }
 
 /// What the middleware of one route knows about it.
@@ -134,11 +184,23 @@ pub(crate) async fn require(State(g): State<Guard>, mut req: Request, next: Next
         Ok(p) => p,
         Err((e, refused)) => {
             if let Some(r) = refused {
-                audit::record_auth_failed(st, &r.scope, &r.key_id, r.role, origin, r.why).await;
+                audit::record_auth_failed(st, &r.scope, &r.actor, r.role, origin, r.why).await;
             }
             return e.into_response();
         }
     };
+    // Only an authenticated request counts against a quota (a 401 costs nothing). A 429 is not
+    // audited: recording each refusal would turn a flood into audit writes, the very load the
+    // limit sheds; the start of each throttling episode is logged instead.
+    let limit = st
+        .rate_limiter
+        .check(principal.actor_id(), principal.scope.workspace.as_str());
+    if !limit.allowed {
+        if limit.first_refusal {
+            tracing::warn!(actor = %principal.actor, workspace = %principal.scope.workspace, "rate limit reached; answering 429");
+        }
+        return limit.refusal();
+    }
     let mut outcome = audit::Outcome {
         method: &g.method,
         template: g.template,
@@ -147,24 +209,39 @@ pub(crate) async fn require(State(g): State<Guard>, mut req: Request, next: Next
         status: StatusCode::FORBIDDEN,
         note: None,
     };
+    let mut principal = principal;
     let response = if allowed(principal.role, g.permission) {
-        req.extensions_mut().insert(principal.clone());
-        let mut response = next.run(req).await;
-        outcome.status = response.status();
-        outcome.note = response.extensions_mut().remove::<audit::AuditNote>();
-        response
+        match crate::billing::acting_for(st, &principal, g.permission, req.headers()).await {
+            Ok(end_user) => {
+                principal.scope.end_user = end_user;
+                req.extensions_mut().insert(principal.clone());
+                let mut response = next.run(req).await;
+                outcome.status = response.status();
+                outcome.note = response.extensions_mut().remove::<audit::AuditNote>();
+                response
+            }
+            Err(e) => e.into_response(),
+        }
     } else {
-        forbidden(format!("a {} key may not {}", principal.role, g.permission)).into_response()
+        forbidden(format!(
+            "a {} {} may not {}",
+            principal.role,
+            principal.kind(),
+            g.permission
+        ))
+        .into_response()
     };
     audit::record(
         st,
         &principal.scope,
-        &principal.key_id,
+        &principal.actor,
         principal.role,
         origin,
         outcome,
     )
     .await;
+    let mut response = response;
+    limit.write_headers(response.headers_mut());
     response
 }
 
@@ -282,7 +359,7 @@ pub(crate) async fn create_key(
         .store()
         .create_api_key(&scope, record.clone())
         .await?;
-    tracing::info!(key = %record.id, role = %record.role, by = %p.key_id, "api key created");
+    tracing::info!(key = %record.id, role = %record.role, by = %p.actor, "api key created");
     let note = audit::AuditNote {
         resource: Some(format!("key/{}", record.id)),
         detail: Some(serde_json::json!({
@@ -327,7 +404,7 @@ pub(crate) async fn revoke_key(
         .revoke_api_key(&p.scope, &id, now_ms())
         .await?
     {
-        tracing::info!(key = %id, by = %p.key_id, "api key revoked");
+        tracing::info!(key = %id, by = %p.actor, "api key revoked");
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
         Err(ApiError::not_found("key"))
@@ -353,7 +430,7 @@ pub(crate) async fn create_workspace(
         .store()
         .create_workspace(&p.scope, &req.name)
         .await?;
-    tracing::info!(workspace = %ws.id, by = %p.key_id, "workspace created");
+    tracing::info!(workspace = %ws.id, by = %p.actor, "workspace created");
     let note = audit::AuditNote {
         resource: Some(format!("workspace/{}", ws.id)),
         detail: Some(serde_json::json!({ "name": ws.name })),

@@ -4,15 +4,20 @@
 
 mod audit;
 mod auth;
+mod billing;
 mod error;
 mod events;
 mod extract;
 mod idempotency;
+mod members;
 mod openapi;
+mod ratelimit;
 mod secrets;
 
-pub use auth::Principal;
+pub use auth::{Actor, Principal};
 pub use error::ApiError;
+pub use members::{SessionSettings, Sessions, check_credentials, hash_password};
+pub use ratelimit::{Quota, RateLimiter, RateLimits};
 
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::Method;
@@ -39,6 +44,12 @@ pub const MAX_WAIT_SECS: u64 = 60;
 pub struct AppState {
     pub engine: Arc<Engine>,
     pub vault: Arc<paddock_vault::Vault>,
+    /// Request rate limits, checked right after authentication ([`RateLimiter::new`] with
+    /// [`RateLimits::default`] for none).
+    pub rate_limiter: Arc<RateLimiter>,
+    /// Login sessions: their lifetime and the failed-login throttle ([`Sessions::default`]:
+    /// 12 h sessions).
+    pub sessions: Arc<Sessions>,
 }
 
 /// One route of the API: what [`router`] serves, what the OpenAPI document lists, and what the
@@ -210,6 +221,99 @@ fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
             Some(P::AuditRead),
             get(audit::verify_audit),
         ),
+        // Members, login sessions and orgs (`members`). The session routes are public: logging
+        // in needs no key, and logging out authenticates the session it ends.
+        r(
+            Method::POST,
+            "/v1/sessions",
+            None,
+            post(members::create_session),
+        ),
+        r(
+            Method::DELETE,
+            "/v1/sessions/current",
+            None,
+            delete(members::end_session),
+        ),
+        r(
+            Method::GET,
+            "/v1/members",
+            Some(P::MembersRead),
+            get(members::list_members),
+        ),
+        creating(r(
+            Method::POST,
+            "/v1/members",
+            Some(P::MembersWrite),
+            post(members::add_member),
+        )),
+        r(
+            Method::DELETE,
+            "/v1/members/{id}",
+            Some(P::MembersWrite),
+            delete(members::remove_member),
+        ),
+        r(
+            Method::GET,
+            "/v1/orgs",
+            Some(P::OrgsWrite),
+            get(members::list_orgs),
+        ),
+        creating(r(
+            Method::POST,
+            "/v1/orgs",
+            Some(P::OrgsWrite),
+            post(members::create_org),
+        )),
+        // End-users, budgets and usage (`billing`).
+        r(
+            Method::GET,
+            "/v1/end-users",
+            Some(P::EndUsersRead),
+            get(billing::list_end_users),
+        ),
+        creating(r(
+            Method::POST,
+            "/v1/end-users",
+            Some(P::EndUsersWrite),
+            post(billing::create_end_user),
+        )),
+        r(
+            Method::GET,
+            "/v1/end-users/{id}",
+            Some(P::EndUsersRead),
+            get(billing::get_end_user),
+        ),
+        r(
+            Method::DELETE,
+            "/v1/end-users/{id}",
+            Some(P::EndUsersWrite),
+            delete(billing::delete_end_user),
+        ),
+        r(
+            Method::GET,
+            "/v1/budgets",
+            Some(P::BudgetsRead),
+            get(billing::list_budgets),
+        ),
+        creating(r(
+            Method::POST,
+            "/v1/budgets",
+            Some(P::BudgetsWrite),
+            post(billing::create_budget),
+        )),
+        r(
+            Method::DELETE,
+            "/v1/budgets/{id}",
+            Some(P::BudgetsWrite),
+            delete(billing::delete_budget),
+        ),
+        r(
+            Method::GET,
+            "/v1/usage",
+            Some(P::UsageRead),
+            get(billing::usage),
+        ),
     ]
 }
 
@@ -219,6 +323,29 @@ pub fn routes() -> Vec<RouteSpec> {
 }
 
 pub fn router(state: AppState) -> Router {
+    build(state, None)
+}
+
+/// FOR BENCHMARKS ONLY (`paddock bench` measures what authentication costs with it): the same
+/// router, except that every authenticated route skips authentication, the permission check,
+/// rate limits and the audit trail and acts as `principal`. Nothing in `paddock serve` or its
+/// configuration reaches this.
+#[doc(hidden)]
+pub fn router_with_principal(state: AppState, principal: Principal) -> Router {
+    build(state, Some(principal))
+}
+
+/// The bypass of [`router_with_principal`]: hands every request `principal`, unchecked.
+async fn fixed_principal(
+    State(principal): State<Principal>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    req.extensions_mut().insert(principal);
+    next.run(req).await
+}
+
+fn build(state: AppState, fixed: Option<Principal>) -> Router {
     let mut router = Router::new();
     for (spec, handler) in table() {
         // Inside the auth layer: it needs the principal's workspace.
@@ -230,6 +357,11 @@ pub fn router(state: AppState) -> Router {
         } else {
             handler
         };
+        if let (Some(_), Some(p)) = (spec.permission, &fixed) {
+            let layer = axum::middleware::from_fn_with_state(p.clone(), fixed_principal);
+            router = router.route(spec.path, handler.route_layer(layer));
+            continue;
+        }
         let handler = match spec.permission {
             Some(permission) => handler.route_layer(axum::middleware::from_fn_with_state(
                 auth::Guard {
@@ -294,11 +426,13 @@ fn wait_duration(q: &WaitQuery) -> Option<Duration> {
 
 async fn create_run(
     State(st): State<AppState>,
-    TenantScope(scope): TenantScope,
+    p: Principal,
     ApiQuery(q): ApiQuery<WaitQuery>,
     ApiJson(req): ApiJson<CreateRun>,
 ) -> Result<Response, ApiError> {
-    let mut run = st.engine.create_run(&scope, req).await?;
+    let scope = p.scope;
+    let created_by = Some(p.actor.to_string());
+    let mut run = st.engine.create_run_by(&scope, req, created_by).await?;
     if let Some(wait) = wait_duration(&q) {
         run = st.engine.wait(&scope, &run.id, wait).await?;
     }

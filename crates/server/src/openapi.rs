@@ -45,6 +45,8 @@ fn param(name: &str, location: &str, description: &str, schema: Value) -> Value 
 pub fn document() -> Value {
     let mut doc = paths_and_schemas();
     add_audit(&mut doc);
+    add_billing(&mut doc);
+    crate::members::add_openapi(&mut doc);
     for route in crate::routes() {
         let Some(permission) = route.permission else {
             continue;
@@ -59,6 +61,20 @@ pub fn document() -> Value {
         {
             op.insert("security".to_owned(), json!([{"bearer": []}]));
             op.insert("x-permission".to_owned(), json!(permission.as_str()));
+            if permission.acts_for_end_user() {
+                let header = param(
+                    "Paddock-End-User",
+                    "header",
+                    "act for one of the workspace's end-users (`eu_…` or its external id; API keys only): the request sees and creates only that end-user's runs, approvals, secrets and usage. 400 `unknown_end_user` if the workspace has none such",
+                    json!({"type": "string", "maxLength": 200}),
+                );
+                match op.get_mut("parameters").and_then(Value::as_array_mut) {
+                    Some(params) => params.push(header),
+                    None => {
+                        op.insert("parameters".to_owned(), json!([header]));
+                    }
+                }
+            }
             if route.idempotent {
                 let key = param(
                     "Idempotency-Key",
@@ -81,7 +97,7 @@ pub fn document() -> Value {
                 }
             }
             if let (Some(Value::Object(responses)), Value::Object(errs)) =
-                (op.get_mut("responses"), problem_responses(&[401, 403]))
+                (op.get_mut("responses"), problem_responses(&[401, 403, 429]))
             {
                 responses.extend(errs);
             }
@@ -261,6 +277,98 @@ fetch('/v1/openapi.json').then(r=>r.json()).then(doc=>{
 </script></body></html>
 "#;
 
+/// `/v1/end-users`, `/v1/budgets` and `/v1/usage` with their schemas.
+fn add_billing(doc: &mut Value) {
+    let eu_id = param(
+        "id",
+        "path",
+        "end-user id (`eu_…`)",
+        json!({"type": "string"}),
+    );
+    let q = |name: &str, what: &str| param(name, "query", what, json!({"type": "string"}));
+    let body = |name: &str| json!({"required": true, "content": {"application/json": {"schema": r(name)}}});
+    let paths = json!({
+        "/v1/end-users": {
+            "get": {"summary": "List the workspace's end-users (oldest first)",
+                "parameters": [q("cursor", "from a previous page's next_cursor"),
+                    param("limit", "query", "page size (1-200, default 50)", json!({"type": "integer"}))],
+                "responses": with_errors(json_ok("200", "a page of end-users", page_of("EndUser")), &[400])},
+            "post": {"summary": "Create an end-user (a customer the workspace's API keys act for with `Paddock-End-User`)",
+                "requestBody": body("CreateEndUser"),
+                "responses": with_errors(json_ok("201", "the end-user", r("EndUser")), &[400, 409, 413, 415, 422])}},
+        "/v1/end-users/{id}": {
+            "get": {"summary": "One end-user", "parameters": [eu_id.clone()],
+                "responses": with_errors(json_ok("200", "the end-user", r("EndUser")), &[404])},
+            "delete": {"summary": "Delete an end-user (its runs and secrets stay; keys can no longer act for it)",
+                "parameters": [eu_id],
+                "responses": with_errors(json!({"204": {"description": "deleted"}}), &[404])}},
+        "/v1/budgets": {
+            "get": {"summary": "The workspace's cost budgets",
+                "responses": json_ok("200", "budgets", json!({"type": "object", "properties": {"data": {"type": "array", "items": r("Budget")}}}))},
+            "post": {"summary": "Add a hard cost cap: before each model call the engine holds the call's most expensive outcome against every budget that applies; a call that would exceed one is not made and the run fails with `budget_exceeded`",
+                "requestBody": body("CreateBudget"),
+                "responses": with_errors(json_ok("201", "the budget", r("Budget")), &[400, 415, 422])}},
+        "/v1/budgets/{id}": {"delete": {"summary": "Remove a budget",
+            "parameters": [param("id", "path", "budget id (`bud_…`)", json!({"type": "string"}))],
+            "responses": with_errors(json!({"204": {"description": "removed"}}), &[404])}},
+        "/v1/usage": {"get": {"summary": "Tokens, model calls and cost of completed model calls, by agent, end-user, model and UTC day",
+            "parameters": [q("from", "first UTC day, YYYY-MM-DD (default: 29 days before `to`)"),
+                q("to", "last UTC day, YYYY-MM-DD (default: today)"),
+                q("group_by", "comma-separated subset of agent,end_user,model,day (default: all)"),
+                q("scope", "`org`: every workspace of the org, grouped by workspace (owners only)")],
+            "responses": with_errors(json_ok("200", "the report", r("UsageReport")), &[400])}}
+    });
+    let usage_row = json!({"type": "object", "required": ["input_tokens", "output_tokens", "model_calls", "cost_usd"], "properties": {
+        "workspace": {"type": "string"}, "agent": {"type": "string"}, "end_user": {"type": "string"},
+        "model": {"type": "string"}, "day": {"type": "string", "format": "date"},
+        "input_tokens": {"type": "integer"}, "output_tokens": {"type": "integer"},
+        "model_calls": {"type": "integer"}, "cost_usd": {"type": "number"}}});
+    let schemas = json!({
+        "EndUser": {"type": "object", "required": ["id", "external_id", "metadata", "created_at"], "properties": {
+            "id": {"type": "string"}, "external_id": {"type": "string"}, "metadata": {"type": "object"},
+            "created_at": {"type": "string", "format": "date-time"}}},
+        "CreateEndUser": {"type": "object", "required": ["external_id"], "additionalProperties": false, "properties": {
+            "external_id": {"type": "string", "minLength": 1, "maxLength": 200, "description": "your id for the customer, unique in the workspace"},
+            "metadata": {"type": "object", "description": "at most 8 KiB of JSON"}}},
+        "Budget": {"type": "object", "required": ["id", "subject", "period", "limit_usd", "created_at"], "properties": {
+            "id": {"type": "string"}, "subject": {"type": "string", "enum": ["workspace", "agent", "end_user"]},
+            "agent": {"type": "string"}, "end_user": {"type": "string"},
+            "period": {"type": "string", "enum": ["day", "month"]}, "limit_usd": {"type": "number"},
+            "created_at": {"type": "string", "format": "date-time"}}},
+        "CreateBudget": {"type": "object", "required": ["subject", "period", "limit_usd"], "additionalProperties": false, "properties": {
+            "subject": {"type": "string", "enum": ["workspace", "agent", "end_user"]},
+            "agent": {"type": "string", "description": "for subject agent: the agent capped; absent caps each agent separately"},
+            "end_user": {"type": "string", "description": "for subject end_user: the end-user capped; absent caps each end-user separately"},
+            "period": {"type": "string", "enum": ["day", "month"], "description": "UTC calendar day or month"},
+            "limit_usd": {"type": "number", "minimum": 0}}},
+        "UsageRow": usage_row,
+        "UsageReport": {"type": "object", "required": ["from", "to", "data", "total"], "properties": {
+            "from": {"type": "string", "format": "date"}, "to": {"type": "string", "format": "date"},
+            "data": {"type": "array", "items": r("UsageRow")}, "total": r("UsageRow")}}
+    });
+    merge(doc, paths, schemas);
+    if let Some(Value::Object(run)) = doc.pointer_mut("/components/schemas/Run/properties") {
+        run.insert(
+            "end_user".to_owned(),
+            json!({"type": "string", "description": "the end-user the run acts for"}),
+        );
+        run.insert(
+            "created_by".to_owned(),
+            json!({"type": "string", "description": "the API key (`key_…`) or member (`usr_…`) that started it"}),
+        );
+    }
+}
+
+fn merge(doc: &mut Value, paths: Value, schemas: Value) {
+    for (key, add) in [("paths", paths), ("components/schemas", schemas)] {
+        if let (Some(Value::Object(target)), Value::Object(add)) =
+            (doc.pointer_mut(&format!("/{key}")), add)
+        {
+            target.extend(add);
+        }
+    }
+}
+
 /// `/v1/audit` and `/v1/audit/verify` with their schemas (apart to keep each `json!` small).
 fn add_audit(doc: &mut Value) {
     let time = |name: &str, what: &str| {
@@ -289,8 +397,9 @@ fn add_audit(doc: &mut Value) {
         "AuditEntry": {"type": "object", "required": ["seq", "at", "actor", "action", "resource", "outcome", "detail", "prev_hash", "hash"], "properties": {
             "seq": {"type": "integer", "minimum": 1}, "at": {"type": "string", "format": "date-time"},
             "actor": {"type": "object", "required": ["kind"], "properties": {
-                "kind": {"type": "string", "enum": ["api_key", "system", "anonymous"]},
-                "key_id": {"type": "string"}, "role": r("Role"), "end_user": {"type": "string"}}},
+                "kind": {"type": "string", "enum": ["api_key", "member", "system", "anonymous"]},
+                "key_id": {"type": "string"}, "role": r("Role"), "end_user": {"type": "string"},
+                "member_id": {"type": "string", "description": "the member of a login session (kind `member`)"}}},
             "action": {"type": "string"}, "resource": {"type": "string"},
             "outcome": {"type": "string", "enum": ["ok", "denied", "error"]},
             "ip": {"type": ["string", "null"]}, "user_agent": {"type": ["string", "null"]},
@@ -303,11 +412,5 @@ fn add_audit(doc: &mut Value) {
                 "seq": {"type": "integer"},
                 "reason": {"type": "string", "enum": ["hash mismatch", "prev_hash does not link", "sequence gap"]}}}}}
     });
-    for (key, add) in [("paths", paths), ("components/schemas", schemas)] {
-        if let (Some(Value::Object(target)), Value::Object(add)) =
-            (doc.pointer_mut(&format!("/{key}")), add)
-        {
-            target.extend(add);
-        }
-    }
+    merge(doc, paths, schemas);
 }

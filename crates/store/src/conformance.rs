@@ -27,19 +27,22 @@
 //! workspace, a scope with one sees only that end-user's runs (agents are per workspace and seen
 //! by both); a resource of another scope is indistinguishable from a missing one; a batch may end
 //! a run but not continue after the end; deciding an expired approval is
-//! [`StoreError::AlreadyDecided`]; claim, renew and release publish nothing. Secrets and data keys
-//! belong to the workspace (an end-user scope sees its workspace's); the store treats their bytes
-//! as opaque.
+//! [`StoreError::AlreadyDecided`]; claim, renew and release publish nothing. Data keys belong to
+//! the workspace; secrets to the workspace or to one end-user, whose secret shadows the
+//! workspace's of the same name; the store treats their bytes as opaque.
 
 use crate::{
     Append, AuditFilter, Claimed, Committed, DataKeyRecord, DynStore, IDEMPOTENCY_IN_FLIGHT_MS,
     IDEMPOTENCY_TTL_MS, IdempotencyClaim, IdempotentResponse, KeyRecord, NewAuditEntry, Rewrap,
     RunFilter, SecretMeta, SecretRecord, Store, StoreError,
 };
+use crate::{BudgetRefusal, Reservation, UsageQuery};
 use paddock_types::api::{AgentDefinition, ApprovalStatus, Run};
+use paddock_types::billing::{Budget, BudgetPeriod, BudgetSubject, EndUser, UsageRow};
 use paddock_types::event::{ApprovalDecision, PolicyDecision};
 use paddock_types::ids::EndUserId;
 use paddock_types::manifest::{Limits, ModelSettings};
+use paddock_types::message::{ModelResponse, Usage};
 use paddock_types::{
     AgentManifest, ApprovalId, ErrorCode, EventKind, NewEvent, OrgId, RunId, RunStatus, Scope,
     ToolCall, WorkspaceId,
@@ -115,6 +118,22 @@ pub const CHECKS: &[(&str, Check)] = &[
     }),
     ("idempotency_concurrent_claims", |s| {
         Box::pin(idempotency_concurrent_claims(s))
+    }),
+    ("members_lifecycle", |s| Box::pin(members_lifecycle(s))),
+    ("sessions_lifecycle", |s| Box::pin(sessions_lifecycle(s))),
+    ("create_org_is_atomic", |s| {
+        Box::pin(create_org_is_atomic(s))
+    }),
+    ("end_users", |s| Box::pin(end_users(s))),
+    ("budgets_reserve_and_settle", |s| {
+        Box::pin(budgets_reserve_and_settle(s))
+    }),
+    ("budgets_concurrent_reservations", |s| {
+        Box::pin(budgets_concurrent_reservations(s))
+    }),
+    ("usage_report", |s| Box::pin(usage_report(s))),
+    ("claim_caps_running_per_workspace", |s| {
+        Box::pin(claim_caps_running_per_workspace(s))
     }),
 ];
 
@@ -230,6 +249,8 @@ pub fn created(agent: &str) -> NewEvent {
         system_prompt: "be brief".to_owned(),
         user_message: "why?".to_owned(),
         sandbox: "process".to_owned(),
+        end_user: None,
+        created_by: None,
     })
 }
 
@@ -248,6 +269,7 @@ pub fn data_key(key_id: u32, master: &str) -> DataKeyRecord {
 pub fn sealed(name: &str, key_id: u32, ciphertext: &str, at: i64) -> SecretRecord {
     SecretRecord {
         name: name.to_owned(),
+        end_user: None,
         key_id,
         nonce: vec![7; 24],
         ciphertext: ciphertext.as_bytes().to_vec(),
@@ -898,7 +920,7 @@ pub async fn leases(store: DynStore) -> Outcome {
     push(&*store, &s, &running.id, vec![started()]).await?;
     const LONG: i64 = 60_000;
 
-    let got = store.claim("w1", LONG, 10).await?;
+    let got = store.claim("w1", LONG, 10, None).await?;
     ensure_eq!(
         claimed_ids(&got),
         vec![queued.id.clone(), running.id.clone()]
@@ -908,7 +930,7 @@ pub async fn leases(store: DynStore) -> Outcome {
         "claims carry the run's scope"
     );
     ensure!(
-        store.claim("w2", LONG, 10).await?.is_empty(),
+        store.claim("w2", LONG, 10, None).await?.is_empty(),
         "a held run must not be claimed again"
     );
 
@@ -933,7 +955,7 @@ pub async fn leases(store: DynStore) -> Outcome {
     store.release("w2", &running.id).await?;
     store.release("w1", &queued.id).await?;
     ensure_eq!(
-        claimed_ids(&store.claim("w2", LONG, 10).await?),
+        claimed_ids(&store.claim("w2", LONG, 10, None).await?),
         vec![queued.id.clone()]
     );
 
@@ -942,7 +964,7 @@ pub async fn leases(store: DynStore) -> Outcome {
         .decide_approval(&s, &waiting.id, &apr, ApprovalDecision::Approve, None)
         .await?;
     ensure_eq!(
-        claimed_ids(&store.claim("w3", LONG, 10).await?),
+        claimed_ids(&store.claim("w3", LONG, 10, None).await?),
         vec![waiting.id.clone()]
     );
 
@@ -964,12 +986,12 @@ pub async fn leases(store: DynStore) -> Outcome {
     // An expired lease can be taken over; the first holder then learns it lost it.
     let short = new_run(&*store, &s, "alpha").await?;
     ensure_eq!(
-        claimed_ids(&store.claim("w4", 1, 10).await?),
+        claimed_ids(&store.claim("w4", 1, 10, None).await?),
         vec![short.id.clone()]
     );
     tokio::time::sleep(Duration::from_millis(20)).await;
     ensure_eq!(
-        claimed_ids(&store.claim("w5", LONG, 10).await?),
+        claimed_ids(&store.claim("w5", LONG, 10, None).await?),
         vec![short.id.clone()]
     );
     ensure_eq!(
@@ -991,13 +1013,16 @@ pub async fn leases(store: DynStore) -> Outcome {
     for _ in 0..3 {
         fresh.push(new_run(&*store, &s, "alpha").await?.id);
     }
-    ensure!(store.claim("w6", LONG, 0).await?.is_empty(), "limit 0");
+    ensure!(
+        store.claim("w6", LONG, 0, None).await?.is_empty(),
+        "limit 0"
+    );
     ensure_eq!(
-        claimed_ids(&store.claim("w6", LONG, 2).await?),
+        claimed_ids(&store.claim("w6", LONG, 2, None).await?),
         fresh[..2].to_vec()
     );
     ensure_eq!(
-        claimed_ids(&store.claim("w6", LONG, 2).await?),
+        claimed_ids(&store.claim("w6", LONG, 2, None).await?),
         fresh[2..].to_vec()
     );
     Ok(())
@@ -1092,7 +1117,7 @@ pub async fn scope_isolation(store: DynStore) -> Outcome {
     ensure_eq!(store.get_run(&s, &their_run.id).await?, None);
 
     // Workers claim across tenants, and each claim says whose run it is.
-    let claimed = store.claim("w", 60_000, 10).await?;
+    let claimed = store.claim("w", 60_000, 10, None).await?;
     let scopes: Vec<(RunId, Scope)> = claimed.into_iter().map(|c| (c.run_id, c.scope)).collect();
     ensure_eq!(scopes, vec![(their_run.id.clone(), other_ws.clone())]);
     Ok(())
@@ -1172,7 +1197,7 @@ pub async fn end_user_scope(store: DynStore) -> Outcome {
     let approved = store.get_approval(&eu1, &r1.id, &apr1).await?;
     ensure_eq!(approved.map(|a| a.status), Some(ApprovalStatus::Approved));
 
-    let claimed = store.claim("w", 60_000, 10).await?;
+    let claimed = store.claim("w", 60_000, 10, None).await?;
     let of_r1 = claimed
         .iter()
         .find(|c| c.run_id == r1.id)
@@ -1196,7 +1221,7 @@ pub async fn subscribe_after_commit(store: DynStore) -> Outcome {
         }
     );
 
-    store.claim("w", 60_000, 10).await?;
+    store.claim("w", 60_000, 10, None).await?;
     store
         .renew("w", std::slice::from_ref(&run.id), 60_000)
         .await?;
@@ -1597,10 +1622,41 @@ pub async fn secret_scope_isolation(store: DynStore) -> Outcome {
     );
     ensure_eq!(store.get_secret(&other_org, "token").await?, None);
 
-    // An end-user scope reads and writes its workspace's secrets.
+    // An end-user scope reads its workspace's secrets until it has its own of the same name,
+    // which shadows the workspace's for that end-user only. Listings and deletes touch only the
+    // caller's own secrets; `all_secrets` (for redaction) holds both.
     let eu = scope_of("org_default", "ws_default", Some("eu_alice"))?;
+    let bob = scope_of("org_default", "ws_default", Some("eu_bob"))?;
     ensure_eq!(store.get_secret(&eu, "token").await?, Some(mine.clone()));
-    ensure_eq!(store.list_secrets(&eu).await?, vec![meta(&mine)]);
+    ensure!(
+        store.list_secrets(&eu).await?.is_empty(),
+        "listed the workspace's"
+    );
+    let alices = SecretRecord {
+        end_user: eu.end_user.clone(),
+        ..sealed("token", 1, "alice's", 30)
+    };
+    ensure_matches!(
+        store.put_secret(&s, alices.clone()).await,
+        Err(StoreError::Backend(_))
+    );
+    store.put_secret(&eu, alices.clone()).await?;
+    ensure_eq!(store.get_secret(&eu, "token").await?, Some(alices.clone()));
+    ensure_eq!(store.get_secret(&bob, "token").await?, Some(mine.clone()));
+    ensure_eq!(store.get_secret(&s, "token").await?, Some(mine.clone()));
+    ensure_eq!(store.list_secrets(&eu).await?, vec![meta(&alices)]);
+    ensure_eq!(store.list_secrets(&s).await?, vec![meta(&mine)]);
+    ensure_eq!(
+        store.all_secrets(&eu).await?,
+        vec![mine.clone(), alices.clone()]
+    );
+    ensure_eq!(store.all_secrets(&bob).await?, vec![mine.clone()]);
+    ensure!(
+        !store.delete_secret(&bob, "token").await?,
+        "deleted another end-user's or the workspace's secret"
+    );
+    ensure!(store.delete_secret(&eu, "token").await?, "not deleted");
+    ensure_eq!(store.get_secret(&eu, "token").await?, Some(mine.clone()));
 
     // Deleting in one workspace leaves the other's.
     ensure!(
@@ -1752,6 +1808,7 @@ pub fn audit_entry(action: &str, resource: &str, at: i64) -> NewAuditEntry {
             key_id: Some(KeyId::new()),
             role: Some(Role::Admin),
             end_user: None,
+            member_id: None,
         },
         action: action.to_owned(),
         resource: resource.to_owned(),
@@ -2029,5 +2086,708 @@ pub async fn idempotency_concurrent_claims(store: DynStore) -> Outcome {
         }
     }
     ensure_eq!(new, 1);
+    Ok(())
+}
+
+fn end_user(external_id: &str) -> EndUser {
+    EndUser {
+        id: EndUserId::new(),
+        external_id: external_id.to_owned(),
+        metadata: json!({"plan": "pro"}),
+        created_at: 1_000,
+    }
+}
+
+pub async fn end_users(store: DynStore) -> Outcome {
+    let s = Scope::default_workspace();
+    let other = scope_of("org_default", "ws_other", None)?;
+    let alice = store
+        .create_end_user(&s, end_user("alice@example.com"))
+        .await?;
+    let bob = store.create_end_user(&s, end_user("bob")).await?;
+    ensure_matches!(
+        store
+            .create_end_user(&s, end_user("alice@example.com"))
+            .await,
+        Err(StoreError::AlreadyExists("end-user"))
+    );
+    // The same external id in another workspace is another end-user.
+    let other_alice = store
+        .create_end_user(&other, end_user("alice@example.com"))
+        .await?;
+    ensure_eq!(
+        store.find_end_user(&s, alice.id.as_str()).await?,
+        Some(alice.clone())
+    );
+    ensure_eq!(
+        store.find_end_user(&s, "alice@example.com").await?,
+        Some(alice.clone())
+    );
+    ensure_eq!(
+        store.find_end_user(&other, "alice@example.com").await?,
+        Some(other_alice.clone())
+    );
+    ensure_eq!(store.find_end_user(&other, alice.id.as_str()).await?, None);
+    ensure_eq!(store.find_end_user(&s, "nobody").await?, None);
+
+    let first = store.list_end_users(&s, None, 1).await?;
+    ensure_eq!(first.data, vec![alice.clone()]);
+    let cursor = first
+        .next_cursor
+        .ok_or_else(|| Failure("no cursor".into()))?;
+    let second = store.list_end_users(&s, Some(&cursor), 1).await?;
+    ensure_eq!(second.data, vec![bob.clone()]);
+    ensure_eq!(second.next_cursor, None);
+    ensure_matches!(
+        store.list_end_users(&s, Some("run_x"), 10).await,
+        Err(StoreError::BadCursor)
+    );
+
+    ensure!(
+        !store.delete_end_user(&other, &alice.id).await?,
+        "deleted across workspaces"
+    );
+    ensure!(store.delete_end_user(&s, &alice.id).await?, "not deleted");
+    ensure_eq!(store.find_end_user(&s, "alice@example.com").await?, None);
+    Ok(())
+}
+
+fn budget(subject: BudgetSubject, target: Option<&str>, limit_usd: f64) -> Result<Budget, Failure> {
+    Ok(Budget {
+        id: paddock_types::BudgetId::new(),
+        subject,
+        agent: target
+            .filter(|_| subject == BudgetSubject::Agent)
+            .map(str::to_owned),
+        end_user: match (subject, target) {
+            (BudgetSubject::EndUser, Some(t)) => {
+                Some(EndUserId::parse(t).map_err(|e| Failure(e.to_string()))?)
+            }
+            _ => None,
+        },
+        period: BudgetPeriod::Day,
+        limit_usd,
+        created_at: 1_000,
+    })
+}
+
+fn hold(run: &RunId, agent: &str, usd: f64) -> Reservation {
+    Reservation {
+        run_id: run.clone(),
+        agent: agent.to_owned(),
+        micros: paddock_types::billing::usd_to_micros(usd),
+        at: paddock_types::time::now_ms(),
+    }
+}
+
+/// Journals a model answer costing `usd` on `run` (settling its hold).
+async fn respond(store: &DynStore, scope: &Scope, run: &RunId, usd: f64) -> Outcome {
+    let response = ModelResponse {
+        model: "m-1".to_owned(),
+        content: Some("ok".to_owned()),
+        tool_calls: Vec::new(),
+        usage: Usage {
+            input_tokens: 100,
+            output_tokens: 10,
+        },
+        stop_reason: None,
+    };
+    store
+        .append(
+            scope,
+            Append {
+                run_id: run.clone(),
+                expected_seq: None,
+                events: vec![NewEvent::now(EventKind::ModelResponded {
+                    call_index: 0,
+                    response,
+                    cost_usd: usd,
+                    retries: 0,
+                    latency_ms: 1,
+                })],
+            },
+        )
+        .await?;
+    Ok(())
+}
+
+pub async fn budgets_reserve_and_settle(store: DynStore) -> Outcome {
+    let s = Scope::default_workspace();
+    let alice = scope_of("org_default", "ws_default", Some("eu_alice"))?;
+    let other = scope_of("org_default", "ws_other", None)?;
+    let ws_cap = store
+        .create_budget(&s, budget(BudgetSubject::Workspace, None, 1.0)?)
+        .await?;
+    let agent_cap = store
+        .create_budget(&s, budget(BudgetSubject::Agent, Some("writer"), 0.5)?)
+        .await?;
+    let each_end_user = store
+        .create_budget(&s, budget(BudgetSubject::EndUser, None, 0.25)?)
+        .await?;
+    ensure_eq!(
+        store.list_budgets(&s).await?,
+        vec![ws_cap.clone(), agent_cap.clone(), each_end_user.clone()]
+    );
+    ensure!(
+        store.list_budgets(&other).await?.is_empty(),
+        "budgets leaked"
+    );
+
+    let writer = RunId::new();
+    store.create_run(&s, &writer, created("writer")).await?;
+    // Within every cap: held.
+    ensure_eq!(
+        store
+            .reserve_budget(&s, hold(&writer, "writer", 0.4))
+            .await?,
+        None
+    );
+    // A second hold of the same run replaces the first (a re-issued call).
+    ensure_eq!(
+        store
+            .reserve_budget(&s, hold(&writer, "writer", 0.5))
+            .await?,
+        None
+    );
+    // The agent cap has no room left for another run of the same agent.
+    let writer2 = RunId::new();
+    store.create_run(&s, &writer2, created("writer")).await?;
+    let refused = store
+        .reserve_budget(&s, hold(&writer2, "writer", 0.01))
+        .await?;
+    ensure_matches!(refused, Some(BudgetRefusal { ref budget, .. }) if budget.id == agent_cap.id);
+    // Settling at a lower actual cost frees the difference.
+    respond(&store, &s, &writer, 0.2).await?;
+    ensure_eq!(
+        store
+            .reserve_budget(&s, hold(&writer2, "writer", 0.3))
+            .await?,
+        None
+    );
+    respond(&store, &s, &writer2, 0.3).await?;
+    // 0.5 of the agent's cap spent: nothing more for that agent, other agents still run.
+    let refused = store
+        .reserve_budget(&s, hold(&writer2, "writer", 0.000_001))
+        .await?;
+    ensure_matches!(refused, Some(BudgetRefusal { ref budget, .. }) if budget.id == agent_cap.id);
+    let reader = RunId::new();
+    store.create_run(&s, &reader, created("reader")).await?;
+    ensure_eq!(
+        store
+            .reserve_budget(&s, hold(&reader, "reader", 0.5))
+            .await?,
+        None
+    );
+    // Workspace: 0.5 spent + 0.5 held = the whole dollar.
+    let reader2 = RunId::new();
+    store.create_run(&s, &reader2, created("reader")).await?;
+    let refused = store
+        .reserve_budget(&s, hold(&reader2, "reader", 0.01))
+        .await?;
+    ensure_matches!(refused, Some(BudgetRefusal { ref budget, .. }) if budget.id == ws_cap.id);
+    // A run's end frees its hold.
+    store
+        .append(
+            &s,
+            Append {
+                run_id: reader.clone(),
+                expected_seq: None,
+                events: vec![NewEvent::now(EventKind::RunCancelled { reason: None })],
+            },
+        )
+        .await?;
+    ensure_eq!(
+        store
+            .reserve_budget(&s, hold(&reader2, "reader", 0.2))
+            .await?,
+        None
+    );
+    // Each end-user has its own 0.25; an end-user's cap does not apply to runs without one.
+    let alices = RunId::new();
+    store.create_run(&alice, &alices, created("reader")).await?;
+    let refused = store
+        .reserve_budget(&alice, hold(&alices, "reader", 0.26))
+        .await?;
+    ensure_matches!(refused, Some(BudgetRefusal { ref budget, .. }) if budget.id == each_end_user.id);
+    ensure_eq!(
+        store
+            .reserve_budget(&alice, hold(&alices, "reader", 0.25))
+            .await?,
+        None
+    );
+    // Another workspace has no budgets at all.
+    let elsewhere = RunId::new();
+    store
+        .create_run(&other, &elsewhere, created("writer"))
+        .await?;
+    ensure_eq!(
+        store
+            .reserve_budget(&other, hold(&elsewhere, "writer", 100.0))
+            .await?,
+        None
+    );
+
+    ensure!(
+        !store.delete_budget(&other, &agent_cap.id).await?,
+        "deleted across workspaces"
+    );
+    ensure!(store.delete_budget(&s, &agent_cap.id).await?, "not deleted");
+    ensure_eq!(store.list_budgets(&s).await?.len(), 2);
+    Ok(())
+}
+
+pub async fn budgets_concurrent_reservations(store: DynStore) -> Outcome {
+    let s = Scope::default_workspace();
+    store
+        .create_budget(&s, budget(BudgetSubject::Workspace, None, 1.0)?)
+        .await?;
+    // 50 runs race for a dollar in holds of 0.30: exactly three fit.
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let (store, s) = (store.clone(), s.clone());
+        tasks.push(tokio::spawn(async move {
+            let run = RunId::new();
+            store.create_run(&s, &run, created("racer")).await?;
+            store.reserve_budget(&s, hold(&run, "racer", 0.3)).await
+        }));
+    }
+    let mut held = 0;
+    for t in tasks {
+        match t.await.map_err(|e| Failure(format!("task failed: {e}")))? {
+            Ok(None) => held += 1,
+            Ok(Some(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    ensure_eq!(held, 3);
+    Ok(())
+}
+
+pub async fn usage_report(store: DynStore) -> Outcome {
+    let s = Scope::default_workspace();
+    let alice = scope_of("org_default", "ws_default", Some("eu_alice"))?;
+    let other = scope_of("org_default", "ws_other", None)?;
+    for (scope, agent, usd) in [
+        (&s, "writer", 0.25),
+        (&s, "writer", 0.5),
+        (&alice, "reader", 1.0),
+        (&other, "writer", 2.0),
+    ] {
+        let run = RunId::new();
+        store.create_run(scope, &run, created(agent)).await?;
+        respond(&store, scope, &run, usd).await?;
+    }
+    let today = paddock_types::time::utc_day(paddock_types::time::now_ms());
+    let q = UsageQuery {
+        from: today.clone(),
+        to: today.clone(),
+        by_agent: true,
+        by_end_user: true,
+        ..UsageQuery::default()
+    };
+    let row = |agent: &str, end_user: Option<&str>, calls: u64, usd: f64| UsageRow {
+        workspace: None,
+        agent: Some(agent.to_owned()),
+        end_user: end_user.map(str::to_owned),
+        model: None,
+        day: None,
+        input_tokens: 100 * calls,
+        output_tokens: 10 * calls,
+        model_calls: calls,
+        cost_usd: usd,
+    };
+    ensure_eq!(
+        store.usage(&s, &q).await?,
+        vec![
+            row("reader", Some("eu_alice"), 1, 1.0),
+            row("writer", None, 2, 0.75)
+        ]
+    );
+    // An end-user sees only its own usage.
+    ensure_eq!(
+        store.usage(&alice, &q).await?,
+        vec![row("reader", Some("eu_alice"), 1, 1.0)]
+    );
+    // Ungrouped: one total row; org-wide: by workspace.
+    let total = store
+        .usage(
+            &s,
+            &UsageQuery {
+                from: today.clone(),
+                to: today.clone(),
+                ..UsageQuery::default()
+            },
+        )
+        .await?;
+    ensure_eq!(total.len(), 1);
+    ensure_eq!(total[0].model_calls, 3);
+    let org = store
+        .usage(
+            &s,
+            &UsageQuery {
+                from: today.clone(),
+                to: today.clone(),
+                all_workspaces: true,
+                ..UsageQuery::default()
+            },
+        )
+        .await?;
+    ensure_eq!(org.len(), 2);
+    ensure_eq!(
+        org[1].workspace.as_ref().map(|w| w.as_str()),
+        Some("ws_other")
+    );
+    ensure_eq!(org[1].cost_usd, 2.0);
+    // Days outside the range: nothing.
+    let none = store
+        .usage(
+            &s,
+            &UsageQuery {
+                from: "2000-01-01".into(),
+                to: "2000-01-31".into(),
+                ..q
+            },
+        )
+        .await?;
+    ensure!(none.is_empty(), "usage outside the range");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Members and sessions
+
+/// A member record with a made-up password hash.
+pub fn member_record(
+    email: &str,
+    role: Role,
+    workspace: Option<WorkspaceId>,
+) -> crate::MemberRecord {
+    crate::MemberRecord {
+        id: paddock_types::MemberId::new(),
+        email: email.to_owned(),
+        password_hash: format!("$argon2id$fake${email}"),
+        role,
+        workspace,
+        created_at: 1_000,
+        removed_at: None,
+    }
+}
+
+pub async fn members_lifecycle(store: DynStore) -> Outcome {
+    let a = Scope::default_workspace();
+    let b = scope_of("org_default", "ws_b", None)?;
+    let other = scope_of("org_other", "ws_other", None)?;
+    ensure_eq!(store.count_members().await?, 0);
+    // The org must exist, and a narrowing workspace must be the org's.
+    ensure_matches!(
+        store
+            .create_member(&a, member_record("a@x.io", Role::Owner, None))
+            .await,
+        Err(StoreError::NotFound("org"))
+    );
+    store.ensure_workspace(&a, "a").await?;
+    store.ensure_workspace(&b, "b").await?;
+    store.ensure_workspace(&other, "o").await?;
+    ensure_matches!(
+        store
+            .create_member(
+                &a,
+                member_record("n@x.io", Role::Viewer, Some(other.workspace.clone()))
+            )
+            .await,
+        Err(StoreError::NotFound("workspace"))
+    );
+    let owner = member_record("Ann@X.io", Role::Owner, None);
+    let dev = member_record("dev@x.io", Role::Developer, Some(b.workspace.clone()));
+    store.create_member(&a, owner.clone()).await?;
+    store.create_member(&b, dev.clone()).await?;
+    // Emails are unique per org, whatever their case; another org may reuse one.
+    ensure_matches!(
+        store
+            .create_member(&a, member_record("ann@x.IO", Role::Viewer, None))
+            .await,
+        Err(StoreError::AlreadyExists("member"))
+    );
+    let theirs = member_record("ann@x.io", Role::Admin, None);
+    store.create_member(&other, theirs.clone()).await?;
+    ensure_eq!(store.count_members().await?, 3);
+
+    // Listing is per org (the workspace part of the scope is ignored).
+    ensure_eq!(
+        store.list_members(&a).await?,
+        vec![owner.clone(), dev.clone()]
+    );
+    ensure_eq!(store.list_members(&b).await?, store.list_members(&a).await?);
+    ensure_eq!(store.list_members(&other).await?, vec![theirs.clone()]);
+    ensure_eq!(store.get_member(&a, &dev.id).await?, Some(dev.clone()));
+    ensure_eq!(store.get_member(&other, &dev.id).await?, None);
+
+    // Login lookup: every org, case-insensitive.
+    let found = store.members_by_email(" ANN@x.io").await?;
+    ensure_eq!(found.len(), 2);
+    ensure!(
+        found.contains(&(a.org.clone(), owner.clone()))
+            && found.contains(&(other.org.clone(), theirs.clone())),
+        "members_by_email: {found:?}"
+    );
+    ensure!(
+        store.members_by_email("nobody@x.io").await?.is_empty(),
+        "found a member that does not exist"
+    );
+
+    // Removal: not across orgs, once, and the email is free again.
+    ensure!(
+        !store.remove_member(&other, &owner.id, 5_000).await?,
+        "removed across orgs"
+    );
+    ensure!(
+        store.remove_member(&a, &owner.id, 5_000).await?,
+        "not removed"
+    );
+    ensure!(
+        !store.remove_member(&a, &owner.id, 6_000).await?,
+        "removed twice"
+    );
+    ensure_eq!(store.list_members(&a).await?, vec![dev.clone()]);
+    ensure_eq!(
+        store
+            .get_member(&a, &owner.id)
+            .await?
+            .and_then(|m| m.removed_at),
+        Some(5_000)
+    );
+    ensure_eq!(store.members_by_email("ann@x.io").await?.len(), 1);
+    store
+        .create_member(&a, member_record("ann@x.io", Role::Viewer, None))
+        .await?;
+    Ok(())
+}
+
+fn session_record(
+    member: &paddock_types::MemberId,
+    hash: &str,
+    expires_at: i64,
+) -> crate::SessionRecord {
+    crate::SessionRecord {
+        token_hash: hash.to_owned(),
+        member: member.clone(),
+        created_at: 1_000,
+        expires_at,
+        revoked_at: None,
+    }
+}
+
+pub async fn sessions_lifecycle(store: DynStore) -> Outcome {
+    let a = Scope::default_workspace();
+    let b = scope_of("org_default", "ws_b", None)?;
+    let other = scope_of("org_other", "ws_other", None)?;
+    for (s, n) in [(&a, "a"), (&b, "b"), (&other, "o")] {
+        store.ensure_workspace(s, n).await?;
+    }
+    let m = member_record("m@x.io", Role::Operator, None);
+    store.create_member(&a, m.clone()).await?;
+    // Only in the member's org, in a workspace it has.
+    ensure_matches!(
+        store
+            .create_session(&other, session_record(&m.id, "h-other", 9_000))
+            .await,
+        Err(StoreError::NotFound("member"))
+    );
+    ensure_matches!(
+        store
+            .create_session(
+                &scope_of("org_default", "ws_nowhere", None)?,
+                session_record(&m.id, "h-nowhere", 9_000)
+            )
+            .await,
+        Err(StoreError::NotFound("workspace"))
+    );
+    let s1 = session_record(&m.id, "h1", 9_000);
+    let s2 = session_record(&m.id, "h2", 9_000);
+    store.create_session(&b, s1.clone()).await?;
+    store.create_session(&a, s2.clone()).await?;
+    ensure!(
+        store
+            .create_session(&a, session_record(&m.id, "h1", 9_000))
+            .await
+            .is_err(),
+        "duplicate token hash accepted"
+    );
+    ensure_eq!(
+        store.session_by_hash("h1").await?,
+        Some((b.clone(), s1.clone(), m.clone()))
+    );
+    ensure_eq!(store.session_by_hash("nope").await?, None);
+
+    // Revocation: not from another org, once.
+    ensure!(
+        !store.revoke_session(&other, "h1", 2_000).await?,
+        "revoked across orgs"
+    );
+    ensure!(store.revoke_session(&a, "h1", 2_000).await?, "not revoked");
+    ensure!(
+        !store.revoke_session(&a, "h1", 3_000).await?,
+        "revoked twice"
+    );
+    ensure_eq!(
+        store
+            .session_by_hash("h1")
+            .await?
+            .and_then(|(_, s, _)| s.revoked_at),
+        Some(2_000)
+    );
+    // Removing the member revokes its other sessions in the same transaction, and no new one
+    // can be made.
+    ensure!(store.remove_member(&a, &m.id, 4_000).await?, "not removed");
+    let (_, s, member) = store
+        .session_by_hash("h2")
+        .await?
+        .ok_or_else(|| fail("session of a removed member vanished"))?;
+    ensure_eq!(s.revoked_at, Some(4_000));
+    ensure_eq!(member.removed_at, Some(4_000));
+    ensure_matches!(
+        store
+            .create_session(&a, session_record(&m.id, "h3", 9_000))
+            .await,
+        Err(StoreError::NotFound("member"))
+    );
+    Ok(())
+}
+
+pub async fn create_org_is_atomic(store: DynStore) -> Outcome {
+    let before = store.count_api_keys().await?;
+    let (org, ws) = store
+        .create_org(
+            "Acme",
+            "main",
+            key_record("acme owner", Role::Owner, "h-acme"),
+        )
+        .await?;
+    ensure_eq!(org.name.as_deref(), Some("Acme"));
+    ensure_eq!(ws.name, "main");
+    let scope = Scope {
+        org: org.id.clone(),
+        workspace: ws.id.clone(),
+        end_user: None,
+    };
+    ensure_eq!(
+        store.api_key_by_hash("h-acme").await?.map(|(s, _)| s),
+        Some(scope.clone())
+    );
+    ensure_eq!(store.list_workspaces(&scope).await?, vec![ws.clone()]);
+    ensure!(
+        store.list_orgs().await?.iter().any(|o| o == &org),
+        "the org is not listed"
+    );
+    // A taken name (any case) creates nothing.
+    ensure_matches!(
+        store
+            .create_org("ACME", "main", key_record("k", Role::Owner, "h-2"))
+            .await,
+        Err(StoreError::AlreadyExists("org"))
+    );
+    // A failing key insert (its hash is taken) rolls the org and workspace back.
+    let orgs = store.list_orgs().await?.len();
+    ensure!(
+        store
+            .create_org("Other", "main", key_record("k", Role::Owner, "h-acme"))
+            .await
+            .is_err(),
+        "duplicate key hash accepted"
+    );
+    ensure_eq!(store.list_orgs().await?.len(), orgs);
+    ensure_eq!(store.count_api_keys().await?, before + 1);
+    // The new org can hold members like any other.
+    store
+        .create_member(&scope, member_record("o@acme.io", Role::Owner, None))
+        .await?;
+    Ok(())
+}
+
+/// With a per-workspace cap, a claim leases no run of a workspace that already has that many
+/// queued or running runs under a live lease (counting what the claim itself takes); other
+/// workspaces are still served, the excess stays queued, and an ended run or an expired lease
+/// frees its slot. End-users' runs count toward their workspace.
+pub async fn claim_caps_running_per_workspace(store: DynStore) -> Outcome {
+    const LONG: i64 = 60_000;
+    let cap = |n: u32| std::num::NonZeroU32::new(n);
+    let a = Scope::default_workspace();
+    let b = scope_of("org_default", "ws_b", None)?;
+    let mut a_runs = Vec::new();
+    let mut b_runs = Vec::new();
+    for _ in 0..3 {
+        a_runs.push(new_run(&*store, &a, "alpha").await?.id);
+        b_runs.push(new_run(&*store, &b, "alpha").await?.id);
+    }
+
+    ensure_eq!(
+        sorted(&claimed_ids(&store.claim("w1", LONG, 10, cap(2)).await?)),
+        sorted(&[&a_runs[..2], &b_runs[..2]].concat())
+    );
+    ensure!(
+        store.claim("w2", LONG, 10, cap(2)).await?.is_empty(),
+        "both workspaces are at their cap"
+    );
+    // A run that started is still one of the running.
+    push(&*store, &a, &a_runs[0], vec![started()]).await?;
+    ensure!(
+        store.claim("w2", LONG, 10, cap(2)).await?.is_empty(),
+        "a started run still holds its slot"
+    );
+    // Without a cap the excess is claimable at once (the cap is the caller's choice).
+    ensure_eq!(
+        sorted(&claimed_ids(&store.claim("w2", LONG, 10, None).await?)),
+        sorted(&[a_runs[2].clone(), b_runs[2].clone()])
+    );
+    store.release("w2", &a_runs[2]).await?;
+    store.release("w2", &b_runs[2]).await?;
+
+    // An ended run frees its slot, in its workspace only.
+    push(
+        &*store,
+        &a,
+        &a_runs[0],
+        vec![ev(EventKind::RunSucceeded {
+            output: json!(null),
+        })],
+    )
+    .await?;
+    ensure_eq!(
+        claimed_ids(&store.claim("w3", LONG, 10, cap(2)).await?),
+        vec![a_runs[2].clone()]
+    );
+    // So does a released lease; the limit still applies within the cap.
+    store.release("w1", &b_runs[0]).await?;
+    store.release("w1", &b_runs[1]).await?;
+    ensure_eq!(
+        claimed_ids(&store.claim("w3", LONG, 1, cap(2)).await?),
+        vec![b_runs[0].clone()]
+    );
+
+    // An expired lease frees the slot, and its run (the oldest) is what gets claimed again.
+    let c = scope_of("org_default", "ws_c", None)?;
+    let c1 = new_run(&*store, &c, "alpha").await?.id;
+    ensure_eq!(
+        claimed_ids(&store.claim("w4", 1, 10, cap(1)).await?),
+        vec![c1.clone()]
+    );
+    let c2 = new_run(&*store, &c, "alpha").await?.id;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let got = claimed_ids(&store.claim("w5", LONG, 10, cap(1)).await?);
+    ensure!(
+        got.contains(&c1) && !got.contains(&c2),
+        "expected the expired run back and the newer one kept queued, got {got:?}"
+    );
+
+    // Runs of the workspace's end-users share its slots.
+    let d = scope_of("org_default", "ws_d", None)?;
+    let d_user = scope_of("org_default", "ws_d", Some("eu_alice"))?;
+    let d1 = new_run(&*store, &d_user, "alpha").await?.id;
+    let d2 = new_run(&*store, &d, "alpha").await?.id;
+    let got = claimed_ids(&store.claim("w6", LONG, 10, cap(1)).await?);
+    ensure!(
+        got.contains(&d1) && !got.contains(&d2),
+        "one slot in ws_d: expected only {d1}, got {got:?}"
+    );
     Ok(())
 }

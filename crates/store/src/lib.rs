@@ -20,13 +20,19 @@ pub mod conformance;
 pub mod sqlite;
 
 use async_trait::async_trait;
+use paddock_types::api::OrgInfo;
 use paddock_types::api::{
     AgentDefinition, Approval, ApprovalStatus, AuditActor, AuditEntry, AuditVerify, Page, Run,
     WorkspaceInfo,
 };
+use paddock_types::billing::{Budget, EndUser, UsageRow};
 use paddock_types::event::ApprovalDecision;
 use paddock_types::time::Millis;
-use paddock_types::{ApprovalId, Event, KeyId, NewEvent, Role, RunId, RunStatus, Scope};
+use paddock_types::{
+    ApprovalId, BudgetId, EndUserId, Event, KeyId, NewEvent, Role, RunId, RunStatus, Scope,
+};
+use paddock_types::{MemberId, OrgId, WorkspaceId};
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use tokio::sync::broadcast;
 
@@ -128,6 +134,9 @@ pub struct Rewrap {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecretRecord {
     pub name: String,
+    /// Whose it is: the workspace's (`None`) or one end-user's, which shadows the workspace's
+    /// secret of the same name in that end-user's runs.
+    pub end_user: Option<EndUserId>,
     /// The workspace data key that sealed it.
     pub key_id: u32,
     pub nonce: Vec<u8>,
@@ -218,6 +227,42 @@ pub enum IdempotencyClaim {
     Mismatch,
 }
 
+/// The most a run's next model call can cost, to hold against the budgets while it is in flight
+/// ([`Store::reserve_budget`]). The end-user comes from the scope.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reservation {
+    pub run_id: RunId,
+    pub agent: String,
+    /// Micro-dollars (see [`paddock_types::billing`]).
+    pub micros: i64,
+    pub at: Millis,
+}
+
+/// Why [`Store::reserve_budget`] refused: the first budget without room, and its numbers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetRefusal {
+    pub budget: Budget,
+    /// Settled in the budget's current period.
+    pub spent_usd: f64,
+    /// Held by other runs' calls in flight.
+    pub held_usd: f64,
+    pub requested_usd: f64,
+}
+
+/// What [`Store::usage`] sums: inclusive UTC days (`YYYY-MM-DD`) and the dimensions to group
+/// by (the workspace too when `all_workspaces`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UsageQuery {
+    pub from: String,
+    pub to: String,
+    /// Every workspace of the scope's org, not just the scope's.
+    pub all_workspaces: bool,
+    pub by_agent: bool,
+    pub by_end_user: bool,
+    pub by_model: bool,
+    pub by_day: bool,
+}
+
 /// Published after each commit so SSE streams and `?wait=` wake up without polling.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Committed {
@@ -290,8 +335,17 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Run>;
 
     /// Leases up to `limit` runs that are `queued`, or `running` with an expired lease, to
-    /// `worker` until now + `lease_ms`.
-    async fn claim(&self, worker: &str, lease_ms: i64, limit: u32) -> Result<Vec<Claimed>>;
+    /// `worker` until now + `lease_ms`, oldest first. With `max_running_per_workspace`, a run is
+    /// skipped (it stays queued for a later claim) while its workspace already has that many
+    /// `queued` or `running` runs under an unexpired lease, counting those this claim takes;
+    /// other workspaces' runs are still claimed.
+    async fn claim(
+        &self,
+        worker: &str,
+        lease_ms: i64,
+        limit: u32,
+        max_running_per_workspace: Option<NonZeroU32>,
+    ) -> Result<Vec<Claimed>>;
     /// Extends the leases `worker` holds; returns the runs whose lease it no longer holds.
     async fn renew(&self, worker: &str, runs: &[RunId], lease_ms: i64) -> Result<Vec<RunId>>;
     /// Gives a lease back (the worker stopped working on the run).
@@ -300,8 +354,11 @@ pub trait Store: Send + Sync + 'static {
     /// Commit notifications (run id, last seq, status) for every append and creation.
     fn subscribe(&self) -> broadcast::Receiver<Committed>;
 
-    // Secrets. They belong to the workspace: `scope.end_user` is ignored. The store holds only
-    // wrapped data keys and sealed values; encryption is the vault's job.
+    // Secrets. They belong to the workspace, or to one end-user of it when `scope.end_user` is
+    // set: then writes, deletes and listings touch that end-user's own secrets, and
+    // `get_secret` prefers the end-user's secret to the workspace's of the same name. Data keys
+    // are per workspace. The store holds only wrapped data keys and sealed values; encryption
+    // is the vault's job.
 
     /// Stores a new data key for the scope's workspace. Returns false, changing nothing, if the
     /// workspace already has a key with this `key_id` (two callers raced to create it: re-read).
@@ -325,7 +382,8 @@ pub trait Store: Send + Sync + 'static {
     async fn list_secrets(&self, scope: &Scope) -> Result<Vec<SecretMeta>>;
     /// False if there was no such secret.
     async fn delete_secret(&self, scope: &Scope, name: &str) -> Result<bool>;
-    /// Every sealed secret of the workspace by name (to build a redactor).
+    /// Every sealed secret of the workspace by name, and with an end-user in the scope that
+    /// end-user's too (both, to build a redactor).
     async fn all_secrets(&self, scope: &Scope) -> Result<Vec<SecretRecord>>;
 
     // Tenancy. Orgs and workspaces are rows so keys can point at them; the resources of a
@@ -375,6 +433,40 @@ pub trait Store: Send + Sync + 'static {
     /// Every workspace that has audit entries (for the offline verify), no end-user.
     async fn audit_workspaces(&self) -> Result<Vec<Scope>>;
 
+    // End-users of a workspace (`scope.end_user` is ignored).
+
+    /// Fails with [`StoreError::AlreadyExists`] (`"end-user"`) if the workspace has one with
+    /// this `external_id`.
+    async fn create_end_user(&self, scope: &Scope, user: EndUser) -> Result<EndUser>;
+    /// By id (`eu_…`) or, for anything else, by external id.
+    async fn find_end_user(&self, scope: &Scope, id_or_external: &str) -> Result<Option<EndUser>>;
+    /// Oldest first; the cursor is the last id seen. `limit` is clamped to 1..=200.
+    async fn list_end_users(
+        &self,
+        scope: &Scope,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<EndUser>>;
+    /// False if the workspace has no such end-user. Its runs and secrets stay.
+    async fn delete_end_user(&self, scope: &Scope, id: &EndUserId) -> Result<bool>;
+
+    // Budgets and usage, per workspace. Completed model calls are settled into a usage ledger
+    // in the transaction that journals their `model_responded` event.
+
+    async fn create_budget(&self, scope: &Scope, budget: Budget) -> Result<Budget>;
+    /// Oldest first.
+    async fn list_budgets(&self, scope: &Scope) -> Result<Vec<Budget>>;
+    async fn delete_budget(&self, scope: &Scope, id: &BudgetId) -> Result<bool>;
+    /// Atomically checks every budget that applies to the run (workspace, agent, the scope's
+    /// end-user) and, if each has room for `r.micros` beside what its period spent and what
+    /// other runs hold, holds it for the run (replacing the run's previous hold). Otherwise
+    /// holds nothing and says which budget refused. The hold is released when the call's
+    /// `model_responded` event or the run's end is appended.
+    async fn reserve_budget(&self, scope: &Scope, r: Reservation) -> Result<Option<BudgetRefusal>>;
+    /// Tokens, calls and cost of completed model calls over the query's days, grouped as asked,
+    /// narrowed to the scope's end-user when set.
+    async fn usage(&self, scope: &Scope, q: &UsageQuery) -> Result<Vec<UsageRow>>;
+
     // Idempotency keys, per workspace (`scope.end_user` is ignored), kept
     // [`IDEMPOTENCY_TTL_MS`].
 
@@ -402,6 +494,80 @@ pub trait Store: Send + Sync + 'static {
     /// again. A completed record is left alone.
     async fn release_idempotency(&self, scope: &Scope, key: &str, request_hash: &str)
     -> Result<()>;
+
+    // ---------------------------------------------------------------------------------------
+    // Members and sessions. Members belong to `scope.org` (the workspace part of the scope is
+    // ignored unless said otherwise); a member may be narrowed to one workspace of its org.
+    // Orgs are created here too, with their first workspace and owner key in one transaction.
+
+    /// Adds a member to `scope.org` ([`StoreError::NotFound`] `"org"`, or `"workspace"` when it
+    /// is narrowed to a workspace the org does not have). Fails with
+    /// [`StoreError::AlreadyExists`] `"member"` if a member of the org that is not removed has
+    /// the same email, compared case-insensitively.
+    async fn create_member(&self, scope: &Scope, member: MemberRecord) -> Result<()>;
+    /// The org's members that are not removed, oldest first.
+    async fn list_members(&self, scope: &Scope) -> Result<Vec<MemberRecord>>;
+    /// A member of `scope.org`, removed ones included.
+    async fn get_member(&self, scope: &Scope, id: &MemberId) -> Result<Option<MemberRecord>>;
+    /// Marks the member removed at `at` and revokes all its sessions, in one transaction. False
+    /// if the org has no such member or it was already removed.
+    async fn remove_member(&self, scope: &Scope, id: &MemberId, at: Millis) -> Result<bool>;
+    /// Every member (of any org) that is not removed and whose email matches, case-insensitively,
+    /// with its org. Like [`Store::api_key_by_hash`], a lookup without a scope: logging in is what
+    /// yields the scope.
+    async fn members_by_email(&self, email: &str) -> Result<Vec<(OrgId, MemberRecord)>>;
+    /// How many members exist in the whole store, removed ones included (bootstrap).
+    async fn count_members(&self) -> Result<u64>;
+    /// Stores a session of `session.member` acting in `scope`'s workspace. Fails with
+    /// [`StoreError::NotFound`] `"member"` if the member is not an active member of `scope.org`,
+    /// or `"workspace"` if the org has no such workspace.
+    async fn create_session(&self, scope: &Scope, session: SessionRecord) -> Result<()>;
+    /// The session whose token hashes to `token_hash`, with the scope it acts in and its member
+    /// (expired, revoked sessions and removed members included: the caller refuses them).
+    async fn session_by_hash(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<(Scope, SessionRecord, MemberRecord)>>;
+    /// Marks the session revoked at `at`. False if there is no such session in `scope.org` or it
+    /// was already revoked.
+    async fn revoke_session(&self, scope: &Scope, token_hash: &str, at: Millis) -> Result<bool>;
+    /// Creates an org named `name` with a new id, its first workspace `workspace_name` and
+    /// `owner_key` in that workspace, all or nothing. Fails with [`StoreError::AlreadyExists`]
+    /// `"org"` if an org has that name (case-insensitively).
+    async fn create_org(
+        &self,
+        name: &str,
+        workspace_name: &str,
+        owner_key: KeyRecord,
+    ) -> Result<(OrgInfo, WorkspaceInfo)>;
+    /// Every org of the installation, oldest first.
+    async fn list_orgs(&self) -> Result<Vec<OrgInfo>>;
+}
+
+/// A member as stored: the password only as an argon2id PHC string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRecord {
+    pub id: MemberId,
+    /// As given when added; logins and uniqueness compare it case-insensitively.
+    pub email: String,
+    /// `$argon2id$…` (PHC string format), never the password.
+    pub password_hash: String,
+    pub role: Role,
+    /// The one workspace of the org the member may act in; `None` for all of them.
+    pub workspace: Option<WorkspaceId>,
+    pub created_at: Millis,
+    pub removed_at: Option<Millis>,
+}
+
+/// A login session as stored: the SHA-256 of its token, never the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// Lowercase hex SHA-256 of the whole token.
+    pub token_hash: String,
+    pub member: MemberId,
+    pub created_at: Millis,
+    pub expires_at: Millis,
+    pub revoked_at: Option<Millis>,
 }
 
 pub type DynStore = Arc<dyn Store>;

@@ -13,7 +13,12 @@
 //! The data folder is guarded by an advisory lock on `paddock.lock`, held for the life of the
 //! store (the kernel drops it if the process dies), so two processes never write the same files.
 
+mod end_users;
+mod keycache;
+mod members;
 mod read;
+mod secrets;
+mod usage;
 mod write;
 
 use crate::{
@@ -21,16 +26,20 @@ use crate::{
     IdempotentResponse, KeyRecord, NewAuditEntry, Result, Rewrap, RunFilter, SecretMeta,
     SecretRecord, Store, StoreError,
 };
+use crate::{BudgetRefusal, Reservation, UsageQuery};
 use async_trait::async_trait;
 use paddock_types::KeyId;
 use paddock_types::api::WorkspaceInfo;
 use paddock_types::api::{AgentDefinition, Approval, ApprovalStatus, Page, Run};
 use paddock_types::api::{AuditEntry, AuditVerify};
+use paddock_types::billing::{Budget, EndUser, UsageRow};
 use paddock_types::event::ApprovalDecision;
 use paddock_types::time::Millis;
 use paddock_types::{ApprovalId, Event, NewEvent, RunId, Scope};
+use paddock_types::{BudgetId, EndUserId};
 use rusqlite::Connection;
 use std::fs::{File, OpenOptions, TryLockError};
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
@@ -58,6 +67,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("sqlite/migrations/0003_tenancy.sql"),
     include_str!("sqlite/migrations/0004_audit.sql"),
     include_str!("sqlite/migrations/0005_idempotency.sql"),
+    include_str!("sqlite/migrations/0006_members.sql"),
+    include_str!("sqlite/migrations/0007_end_users_budgets.sql"),
 ];
 
 /// The schema version (`PRAGMA user_version`) this binary migrates databases to.
@@ -72,6 +83,12 @@ pub struct SqliteStore {
     readers: Arc<read::Pool>,
     notify: broadcast::Sender<Committed>,
     commits: Arc<AtomicU64>,
+    /// How many budgets each (org, workspace) has, so a model call in a workspace without any
+    /// skips the reservation write. Exact because this process is the database's only writer
+    /// (the folder lock); raised before a budget is written, lowered after one is deleted.
+    budgeted: std::sync::Mutex<std::collections::HashMap<(String, String), i64>>,
+    /// API keys by secret hash, exact for the same reason ([`keycache`]).
+    keys: keycache::KeyCache,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -94,6 +111,7 @@ impl SqliteStore {
         let mut conn = Connection::open(&path)?;
         configure_writer(&conn)?;
         migrate(&mut conn)?;
+        let budgeted = std::sync::Mutex::new(usage::budget_counts(&conn)?);
 
         let (jobs, queue) = mpsc::channel::<Box<dyn write::Job>>();
         let (notify, _) = broadcast::channel(NOTIFY_CAPACITY);
@@ -120,6 +138,8 @@ impl SqliteStore {
             writer: Some(writer),
             notify,
             commits,
+            budgeted,
+            keys: keycache::KeyCache::default(),
         }))
     }
 
@@ -143,6 +163,28 @@ impl SqliteStore {
             .send(job)
             .map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
+    }
+}
+
+impl SqliteStore {
+    fn budget_counts(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<(String, String), i64>> {
+        // A panic while holding it cannot leave the map half-changed: every change is one
+        // insert or one addition.
+        self.budgeted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn count_budgets(&self, scope: &Scope, change: i64) {
+        let key = (scope.org.to_string(), scope.workspace.to_string());
+        *self.budget_counts().entry(key).or_insert(0) += change;
+    }
+
+    fn has_budgets(&self, scope: &Scope) -> bool {
+        let key = (scope.org.to_string(), scope.workspace.to_string());
+        self.budget_counts().get(&key).is_some_and(|n| *n > 0)
     }
 }
 
@@ -385,10 +427,19 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn claim(&self, worker: &str, lease_ms: i64, limit: u32) -> Result<Vec<Claimed>> {
+    async fn claim(
+        &self,
+        worker: &str,
+        lease_ms: i64,
+        limit: u32,
+        max_running_per_workspace: Option<NonZeroU32>,
+    ) -> Result<Vec<Claimed>> {
         let worker = worker.to_owned();
-        self.write(move |conn| Ok((write::claim(conn, &worker, lease_ms, limit)?, None)))
-            .await
+        self.write(move |conn| {
+            let claimed = write::claim(conn, &worker, lease_ms, limit, max_running_per_workspace)?;
+            Ok((claimed, None))
+        })
+        .await
     }
 
     async fn renew(&self, worker: &str, runs: &[RunId], lease_ms: i64) -> Result<Vec<RunId>> {
@@ -431,34 +482,34 @@ impl Store for SqliteStore {
 
     async fn put_secret(&self, scope: &Scope, secret: SecretRecord) -> Result<SecretMeta> {
         let scope = scope.clone();
-        self.write(move |conn| Ok((write::put_secret(conn, &scope, &secret)?, None)))
+        self.write(move |conn| Ok((secrets::put_secret(conn, &scope, &secret)?, None)))
             .await
     }
 
     async fn get_secret(&self, scope: &Scope, name: &str) -> Result<Option<SecretRecord>> {
         let (scope, name) = (scope.clone(), name.to_owned());
         self.readers
-            .with(move |conn| read::get_secret(conn, &scope, &name))
+            .with(move |conn| secrets::get_secret(conn, &scope, &name))
             .await
     }
 
     async fn list_secrets(&self, scope: &Scope) -> Result<Vec<SecretMeta>> {
         let scope = scope.clone();
         self.readers
-            .with(move |conn| read::list_secrets(conn, &scope))
+            .with(move |conn| secrets::list_secrets(conn, &scope))
             .await
     }
 
     async fn delete_secret(&self, scope: &Scope, name: &str) -> Result<bool> {
         let (scope, name) = (scope.clone(), name.to_owned());
-        self.write(move |conn| Ok((write::delete_secret(conn, &scope, &name)?, None)))
+        self.write(move |conn| Ok((secrets::delete_secret(conn, &scope, &name)?, None)))
             .await
     }
 
     async fn all_secrets(&self, scope: &Scope) -> Result<Vec<SecretRecord>> {
         let scope = scope.clone();
         self.readers
-            .with(move |conn| read::all_secrets(conn, &scope))
+            .with(move |conn| secrets::all_secrets(conn, &scope))
             .await
     }
 
@@ -488,16 +539,27 @@ impl Store for SqliteStore {
     }
 
     async fn api_key_by_hash(&self, secret_hash: &str) -> Result<Option<(Scope, KeyRecord)>> {
+        if let Some(hit) = self.keys.get(secret_hash) {
+            return Ok(Some(hit));
+        }
+        let generation = self.keys.generation();
         let hash = secret_hash.to_owned();
-        self.readers
+        let found = self
+            .readers
             .with(move |conn| read::api_key_by_hash(conn, &hash))
-            .await
+            .await?;
+        if let Some(found) = &found {
+            self.keys.insert(generation, secret_hash, found.clone());
+        }
+        Ok(found)
     }
 
     async fn touch_api_key(&self, id: &KeyId, at: Millis) -> Result<()> {
-        let id = id.clone();
-        self.write(move |conn| Ok((write::touch_api_key(conn, &id, at)?, None)))
-            .await
+        let touched = id.clone();
+        self.write(move |conn| Ok((write::touch_api_key(conn, &touched, at)?, None)))
+            .await?;
+        self.keys.touched(id, at);
+        Ok(())
     }
 
     async fn list_api_keys(&self, scope: &Scope) -> Result<Vec<KeyRecord>> {
@@ -509,8 +571,12 @@ impl Store for SqliteStore {
 
     async fn revoke_api_key(&self, scope: &Scope, id: &KeyId, at: Millis) -> Result<bool> {
         let (scope, id) = (scope.clone(), id.clone());
-        self.write(move |conn| Ok((write::revoke_api_key(conn, &scope, &id, at)?, None)))
-            .await
+        let revoked = self
+            .write(move |conn| Ok((write::revoke_api_key(conn, &scope, &id, at)?, None)))
+            .await;
+        // Even after a failure: the write may have committed before the answer was lost.
+        self.keys.invalidate();
+        revoked
     }
 
     async fn count_api_keys(&self) -> Result<u64> {
@@ -549,6 +615,89 @@ impl Store for SqliteStore {
 
     async fn audit_workspaces(&self) -> Result<Vec<Scope>> {
         self.readers.with(read::audit_workspaces).await
+    }
+
+    async fn create_end_user(&self, scope: &Scope, user: EndUser) -> Result<EndUser> {
+        let scope = scope.clone();
+        self.write(move |conn| Ok((end_users::create(conn, &scope, &user)?, None)))
+            .await
+    }
+
+    async fn find_end_user(&self, scope: &Scope, id_or_external: &str) -> Result<Option<EndUser>> {
+        let (scope, key) = (scope.clone(), id_or_external.to_owned());
+        self.readers
+            .with(move |conn| end_users::find(conn, &scope, &key))
+            .await
+    }
+
+    async fn list_end_users(
+        &self,
+        scope: &Scope,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<EndUser>> {
+        let cursor = cursor
+            .map(|c| EndUserId::parse(c).map_err(|_| StoreError::BadCursor))
+            .transpose()?;
+        let scope = scope.clone();
+        let limit = limit.clamp(1, 200);
+        self.readers
+            .with(move |conn| end_users::list(conn, &scope, cursor.as_ref(), limit))
+            .await
+    }
+
+    async fn delete_end_user(&self, scope: &Scope, id: &EndUserId) -> Result<bool> {
+        let (scope, id) = (scope.clone(), id.clone());
+        self.write(move |conn| Ok((end_users::delete(conn, &scope, &id)?, None)))
+            .await
+    }
+
+    async fn create_budget(&self, scope: &Scope, budget: Budget) -> Result<Budget> {
+        self.count_budgets(scope, 1);
+        let written = {
+            let scope = scope.clone();
+            self.write(move |conn| Ok((usage::create(conn, &scope, &budget)?, None)))
+                .await
+        };
+        if written.is_err() {
+            self.count_budgets(scope, -1);
+        }
+        written
+    }
+
+    async fn list_budgets(&self, scope: &Scope) -> Result<Vec<Budget>> {
+        let scope = scope.clone();
+        self.readers
+            .with(move |conn| usage::list(conn, &scope))
+            .await
+    }
+
+    async fn delete_budget(&self, scope: &Scope, id: &BudgetId) -> Result<bool> {
+        let deleted = {
+            let (scope, id) = (scope.clone(), id.clone());
+            self.write(move |conn| Ok((usage::delete(conn, &scope, &id)?, None)))
+                .await?
+        };
+        if deleted {
+            self.count_budgets(scope, -1);
+        }
+        Ok(deleted)
+    }
+
+    async fn reserve_budget(&self, scope: &Scope, r: Reservation) -> Result<Option<BudgetRefusal>> {
+        if !self.has_budgets(scope) {
+            return Ok(None);
+        }
+        let scope = scope.clone();
+        self.write(move |conn| Ok((usage::reserve(conn, &scope, &r)?, None)))
+            .await
+    }
+
+    async fn usage(&self, scope: &Scope, q: &UsageQuery) -> Result<Vec<UsageRow>> {
+        let (scope, q) = (scope.clone(), q.clone());
+        self.readers
+            .with(move |conn| usage::report(conn, &scope, &q))
+            .await
     }
 
     async fn claim_idempotency(
@@ -594,6 +743,94 @@ impl Store for SqliteStore {
         let (scope, key, hash) = (scope.clone(), key.to_owned(), request_hash.to_owned());
         self.write(move |conn| Ok((write::release_idempotency(conn, &scope, &key, &hash)?, None)))
             .await
+    }
+
+    // Members and sessions (SQL in `sqlite/members.rs`).
+
+    async fn create_member(&self, scope: &Scope, member: crate::MemberRecord) -> Result<()> {
+        let scope = scope.clone();
+        self.write(move |conn| Ok((members::create_member(conn, &scope, &member)?, None)))
+            .await
+    }
+
+    async fn list_members(&self, scope: &Scope) -> Result<Vec<crate::MemberRecord>> {
+        let org = scope.org.clone();
+        self.readers
+            .with(move |conn| members::list_members(conn, &org))
+            .await
+    }
+
+    async fn get_member(
+        &self,
+        scope: &Scope,
+        id: &paddock_types::MemberId,
+    ) -> Result<Option<crate::MemberRecord>> {
+        let (org, id) = (scope.org.clone(), id.clone());
+        self.readers
+            .with(move |conn| members::get_member(conn, &org, &id))
+            .await
+    }
+
+    async fn remove_member(
+        &self,
+        scope: &Scope,
+        id: &paddock_types::MemberId,
+        at: Millis,
+    ) -> Result<bool> {
+        let (scope, id) = (scope.clone(), id.clone());
+        self.write(move |conn| Ok((members::remove_member(conn, &scope, &id, at)?, None)))
+            .await
+    }
+
+    async fn members_by_email(
+        &self,
+        email: &str,
+    ) -> Result<Vec<(paddock_types::OrgId, crate::MemberRecord)>> {
+        let email = email.to_owned();
+        self.readers
+            .with(move |conn| members::members_by_email(conn, &email))
+            .await
+    }
+
+    async fn count_members(&self) -> Result<u64> {
+        self.readers.with(members::count_members).await
+    }
+
+    async fn create_session(&self, scope: &Scope, session: crate::SessionRecord) -> Result<()> {
+        let scope = scope.clone();
+        self.write(move |conn| Ok((members::create_session(conn, &scope, &session)?, None)))
+            .await
+    }
+
+    async fn session_by_hash(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<(Scope, crate::SessionRecord, crate::MemberRecord)>> {
+        let hash = token_hash.to_owned();
+        self.readers
+            .with(move |conn| members::session_by_hash(conn, &hash))
+            .await
+    }
+
+    async fn revoke_session(&self, scope: &Scope, token_hash: &str, at: Millis) -> Result<bool> {
+        let (scope, hash) = (scope.clone(), token_hash.to_owned());
+        self.write(move |conn| Ok((members::revoke_session(conn, &scope, &hash, at)?, None)))
+            .await
+    }
+
+    async fn create_org(
+        &self,
+        name: &str,
+        workspace_name: &str,
+        owner_key: KeyRecord,
+    ) -> Result<(paddock_types::api::OrgInfo, WorkspaceInfo)> {
+        let (name, ws) = (name.to_owned(), workspace_name.to_owned());
+        self.write(move |conn| Ok((members::create_org(conn, &name, &ws, &owner_key)?, None)))
+            .await
+    }
+
+    async fn list_orgs(&self) -> Result<Vec<paddock_types::api::OrgInfo>> {
+        self.readers.with(members::list_orgs).await
     }
 }
 

@@ -49,6 +49,12 @@ pub struct Run {
     #[serde(default)]
     pub metadata: Value,
     pub usage: RunUsage,
+    /// The end-user the run acts for, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_user: Option<crate::EndUserId>,
+    /// The API key (`key_…`) or member (`usr_…`) that started it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
     /// Sequence number of the last journal event.
     pub last_seq: u64,
     #[serde(with = "crate::time::serde_rfc3339")]
@@ -152,6 +158,8 @@ impl Run {
             input,
             metadata,
             sandbox,
+            end_user,
+            created_by,
             ..
         } = &first.kind
         else {
@@ -168,6 +176,8 @@ impl Run {
             error: None,
             metadata: metadata.clone(),
             usage: RunUsage::default(),
+            end_user: end_user.clone(),
+            created_by: created_by.clone(),
             last_seq: first.seq,
             created_at: first.at,
             updated_at: first.at,
@@ -305,7 +315,7 @@ pub struct WorkspaceInfo {
     pub created_at: Millis,
 }
 
-/// Who did an audited action. `kind` is `api_key`, `system` or `anonymous`.
+/// Who did an audited action. `kind` is `api_key`, `member`, `system` or `anonymous`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditActor {
     pub kind: String,
@@ -315,6 +325,22 @@ pub struct AuditActor {
     pub role: Option<crate::Role>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_user: Option<crate::ids::EndUserId>,
+    /// The member whose login session made the request (`kind` is then `member`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member_id: Option<crate::ids::MemberId>,
+}
+
+impl AuditActor {
+    /// Paddock itself (the engine ending a run, a trigger), not a request.
+    pub fn system() -> Self {
+        Self {
+            kind: "system".to_owned(),
+            key_id: None,
+            role: None,
+            end_user: None,
+            member_id: None,
+        }
+    }
 }
 
 /// One entry of a workspace's audit trail (`GET /v1/audit`). `hash` is the SHA-256 of the
@@ -357,4 +383,88 @@ pub struct AuditVerify {
 pub struct AuditBreak {
     pub seq: u64,
     pub reason: String,
+}
+
+// Members, sessions and orgs.
+
+/// `POST /v1/sessions`: log in with a password.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSession {
+    pub email: String,
+    pub password: String,
+    /// The workspace the session acts in. Default: the member's workspace if it is narrowed to
+    /// one, else the org's first workspace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<crate::ids::WorkspaceId>,
+    /// Only needed when the email is a member of several orgs with the same password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org: Option<crate::ids::OrgId>,
+}
+
+/// The answer to `POST /v1/sessions`: the only time the token is ever shown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreatedSession {
+    /// `pds_…`, sent as `Authorization: Bearer`; stored only hashed.
+    pub token: String,
+    #[serde(with = "crate::time::serde_rfc3339")]
+    pub expires_at: Millis,
+    pub member: MemberInfo,
+    pub org: crate::ids::OrgId,
+    pub workspace: crate::ids::WorkspaceId,
+    pub role: crate::auth::Role,
+}
+
+/// `POST /v1/members`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateMember {
+    pub email: String,
+    pub password: String,
+    pub role: crate::auth::Role,
+    /// Narrow the member to this workspace of the org. Absent: every workspace of the org.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<crate::ids::WorkspaceId>,
+}
+
+/// A member as the API shows it: never the password or its hash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    pub id: crate::ids::MemberId,
+    pub email: String,
+    pub role: crate::auth::Role,
+    /// The one workspace the member may act in; `null` for every workspace of the org.
+    #[serde(default)]
+    pub workspace: Option<crate::ids::WorkspaceId>,
+    #[serde(with = "crate::time::serde_rfc3339")]
+    pub created_at: Millis,
+}
+
+/// `POST /v1/orgs`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrg {
+    pub name: String,
+    /// Name of the org's first workspace (default `default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_name: Option<String>,
+}
+
+/// An organization.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrgInfo {
+    pub id: crate::ids::OrgId,
+    /// `null` for an org created before orgs had names (the bootstrap org).
+    pub name: Option<String>,
+    #[serde(with = "crate::time::serde_rfc3339")]
+    pub created_at: Millis,
+}
+
+/// The answer to `POST /v1/orgs`: the org, its first workspace and an owner key of it whose
+/// secret is shown only here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreatedOrg {
+    pub org: OrgInfo,
+    pub workspace: WorkspaceInfo,
+    pub key: CreatedKey,
 }

@@ -98,10 +98,34 @@ pub enum Permission {
     /// Reading and verifying the workspace's audit trail.
     #[serde(rename = "audit:read")]
     AuditRead,
+    /// Listing the org's members (people who log in with a password).
+    #[serde(rename = "members:read")]
+    MembersRead,
+    /// Adding, changing and removing members.
+    #[serde(rename = "members:write")]
+    MembersWrite,
+    /// Creating organizations: only owners of the installation's first org.
+    #[serde(rename = "orgs:write")]
+    OrgsWrite,
+    /// Reading the workspace's end-users (a SaaS builder's customers).
+    #[serde(rename = "end_users:read")]
+    EndUsersRead,
+    /// Creating, changing and deleting end-users.
+    #[serde(rename = "end_users:write")]
+    EndUsersWrite,
+    /// Reading cost budgets.
+    #[serde(rename = "budgets:read")]
+    BudgetsRead,
+    /// Setting and removing cost budgets.
+    #[serde(rename = "budgets:write")]
+    BudgetsWrite,
+    /// Reading token and cost usage.
+    #[serde(rename = "usage:read")]
+    UsageRead,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 15] = [
+    pub const ALL: [Permission; 23] = [
         Permission::RunsCreate,
         Permission::RunsRead,
         Permission::RunsCancel,
@@ -117,6 +141,14 @@ impl Permission {
         Permission::WorkspacesWrite,
         Permission::VaultRotate,
         Permission::AuditRead,
+        Permission::MembersRead,
+        Permission::MembersWrite,
+        Permission::OrgsWrite,
+        Permission::EndUsersRead,
+        Permission::EndUsersWrite,
+        Permission::BudgetsRead,
+        Permission::BudgetsWrite,
+        Permission::UsageRead,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -136,7 +168,33 @@ impl Permission {
             Permission::WorkspacesWrite => "workspaces:write",
             Permission::VaultRotate => "vault:rotate",
             Permission::AuditRead => "audit:read",
+            Permission::MembersRead => "members:read",
+            Permission::MembersWrite => "members:write",
+            Permission::OrgsWrite => "orgs:write",
+            Permission::EndUsersRead => "end_users:read",
+            Permission::EndUsersWrite => "end_users:write",
+            Permission::BudgetsRead => "budgets:read",
+            Permission::BudgetsWrite => "budgets:write",
+            Permission::UsageRead => "usage:read",
         }
+    }
+
+    /// Whether a request holding this permission may act for an end-user
+    /// (`Paddock-End-User`): the routes whose data narrows to one end-user. Managing the
+    /// workspace (keys, members, budgets, the audit trail…) never acts for one.
+    pub fn acts_for_end_user(self) -> bool {
+        matches!(
+            self,
+            Permission::RunsCreate
+                | Permission::RunsRead
+                | Permission::RunsCancel
+                | Permission::ApprovalsRead
+                | Permission::ApprovalsDecide
+                | Permission::AgentsRead
+                | Permission::SecretsRead
+                | Permission::SecretsWrite
+                | Permission::UsageRead
+        )
     }
 
     /// THE permission table: the least role that holds each permission.
@@ -145,17 +203,25 @@ impl Permission {
             Permission::RunsRead
             | Permission::ApprovalsRead
             | Permission::AgentsRead
-            | Permission::SecretsRead => Role::Viewer,
+            | Permission::SecretsRead
+            | Permission::EndUsersRead
+            | Permission::BudgetsRead
+            | Permission::UsageRead => Role::Viewer,
             Permission::RunsCreate | Permission::RunsCancel | Permission::ApprovalsDecide => {
                 Role::Operator
             }
-            Permission::AgentsWrite | Permission::SecretsWrite => Role::Developer,
+            Permission::AgentsWrite | Permission::SecretsWrite | Permission::EndUsersWrite => {
+                Role::Developer
+            }
             Permission::KeysRead
             | Permission::KeysWrite
             | Permission::WorkspacesRead
             | Permission::WorkspacesWrite
-            | Permission::AuditRead => Role::Admin,
-            Permission::VaultRotate => Role::Owner,
+            | Permission::AuditRead
+            | Permission::MembersRead
+            | Permission::MembersWrite
+            | Permission::BudgetsWrite => Role::Admin,
+            Permission::VaultRotate | Permission::OrgsWrite => Role::Owner,
         }
     }
 }
@@ -197,7 +263,8 @@ mod tests {
             let read = p.as_str().ends_with(":read");
             let admin_only = p.as_str().starts_with("keys:")
                 || p.as_str().starts_with("workspaces:")
-                || p.as_str().starts_with("audit:");
+                || p.as_str().starts_with("audit:")
+                || p.as_str().starts_with("members:");
             assert_eq!(allowed(Role::Viewer, p), read && !admin_only, "{p}");
         }
     }

@@ -102,6 +102,13 @@ pub enum EventKind {
         /// The sandbox tier its tools run in (`process`, or `none` when isolation is off).
         #[serde(default = "unknown_tier")]
         sandbox: String,
+        /// The end-user the run acts for, when an API key sent `Paddock-End-User`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        end_user: Option<crate::EndUserId>,
+        /// Who started it: an API key id (`key_…`) or a member id (`usr_…`); absent for runs
+        /// started by the system (local runs, triggers).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        created_by: Option<String>,
     },
     /// A worker took the run (first start, after an approval, or recovering after a crash).
     RunStarted {

@@ -106,6 +106,14 @@ prefixed_id!(
     /// An end-user of a SaaS builder, inside a workspace.
     EndUserId, "eu", "end-user"
 );
+prefixed_id!(
+    /// A member: a person who logs in with a password and holds a role in an org.
+    MemberId, "usr", "member"
+);
+prefixed_id!(
+    /// A cost budget of a workspace.
+    BudgetId, "bud", "budget"
+);
 
 /// The tenant a request acts in. Every store method takes one; there is no query without it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod billing;
 pub mod event;
 pub mod ids;
 pub mod manifest;
@@ -15,7 +16,7 @@ pub mod time;
 
 pub use auth::{Permission, Role};
 pub use event::{Event, EventKind, NewEvent};
-pub use ids::{ApprovalId, KeyId, OrgId, RunId, Scope, WorkspaceId};
+pub use ids::{ApprovalId, BudgetId, EndUserId, KeyId, MemberId, OrgId, RunId, Scope, WorkspaceId};
 pub use manifest::{AgentManifest, ManifestError};
 pub use message::{Message, ModelResponse, ToolCall, ToolSpec, Usage};
 pub use run::{ErrorCode, RunError, RunStatus};

@@ -19,6 +19,13 @@ pub fn rfc3339(ms: Millis) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
+/// The UTC calendar day of `ms`, `YYYY-MM-DD` (usage and budget periods count in UTC days).
+pub fn utc_day(ms: Millis) -> String {
+    let mut s = rfc3339(ms);
+    s.truncate(10);
+    s
+}
+
 /// Serde helper: epoch milliseconds on the Rust side, RFC 3339 strings on the wire.
 pub mod serde_rfc3339 {
     use super::Millis;

@@ -10,7 +10,7 @@ use chacha20poly1305::aead::rand_core::RngCore;
 use chacha20poly1305::aead::{Aead, KeyInit, OsRng, Payload};
 use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
 use paddock_store::{DataKeyRecord, SecretRecord};
-use paddock_types::Scope;
+use paddock_types::{EndUserId, Scope};
 use zeroize::Zeroizing;
 
 pub(crate) const KEY_LEN: usize = 32;
@@ -60,12 +60,14 @@ fn data_key_aad(scope: &Scope, key_id: u32) -> Vec<u8> {
     .into_bytes()
 }
 
-fn secret_aad(scope: &Scope, name: &str) -> Vec<u8> {
-    format!(
-        "paddock-secret\0{}\0{}\0{name}",
-        scope.org.as_str(),
-        scope.workspace.as_str()
-    )
+/// Binds a sealed value to its workspace, its owner (the workspace, or one end-user) and its
+/// name, so a ciphertext copied to another row does not open.
+fn secret_aad(scope: &Scope, owner: Option<&EndUserId>, name: &str) -> Vec<u8> {
+    let (org, ws) = (scope.org.as_str(), scope.workspace.as_str());
+    match owner {
+        None => format!("paddock-secret\0{org}\0{ws}\0{name}"),
+        Some(eu) => format!("paddock-eu-secret\0{org}\0{ws}\0{}\0{name}", eu.as_str()),
+    }
     .into_bytes()
 }
 
@@ -132,14 +134,19 @@ pub(crate) fn unwrap(
     Ok(DataKey(key))
 }
 
-/// Seals a secret value; returns (nonce, ciphertext).
+/// Seals a secret value for the scope's owner (its end-user, or the workspace); returns
+/// (nonce, ciphertext).
 pub(crate) fn seal(
     dk: &DataKey,
     scope: &Scope,
     name: &str,
     value: &[u8],
 ) -> Result<(Vec<u8>, Vec<u8>)> {
-    encrypt(&dk.0, value, &secret_aad(scope, name))
+    encrypt(
+        &dk.0,
+        value,
+        &secret_aad(scope, scope.end_user.as_ref(), name),
+    )
 }
 
 pub(crate) fn open(dk: &DataKey, scope: &Scope, rec: &SecretRecord) -> Result<Zeroizing<Vec<u8>>> {
@@ -147,7 +154,7 @@ pub(crate) fn open(dk: &DataKey, scope: &Scope, rec: &SecretRecord) -> Result<Ze
         &dk.0,
         &rec.nonce,
         &rec.ciphertext,
-        &secret_aad(scope, &rec.name),
+        &secret_aad(scope, rec.end_user.as_ref(), &rec.name),
         || format!("secret {} of workspace {}", rec.name, scope.workspace),
     )
 }
@@ -170,6 +177,7 @@ mod tests {
     fn record(name: &str, (nonce, ciphertext): (Vec<u8>, Vec<u8>)) -> SecretRecord {
         SecretRecord {
             name: name.into(),
+            end_user: None,
             key_id: 1,
             nonce,
             ciphertext,
@@ -198,6 +206,32 @@ mod tests {
             ..rec.clone()
         };
         assert!(open(&dk, &home, &renamed).is_err());
+        // Moved to an end-user's row, or from one end-user to another: does not open.
+        let alice = EndUserId::parse("eu_alice").unwrap();
+        let moved = SecretRecord {
+            end_user: Some(alice.clone()),
+            ..rec.clone()
+        };
+        assert!(open(&dk, &home, &moved).is_err());
+        let alices = Scope {
+            end_user: Some(alice.clone()),
+            ..home.clone()
+        };
+        let rec_a = SecretRecord {
+            end_user: Some(alice),
+            ..record("token", seal(&dk, &alices, "token", b"a").unwrap())
+        };
+        assert_eq!(open(&dk, &home, &rec_a).unwrap().as_slice(), b"a");
+        let to_bob = SecretRecord {
+            end_user: Some(EndUserId::parse("eu_bob").unwrap()),
+            ..rec_a.clone()
+        };
+        assert!(open(&dk, &home, &to_bob).is_err());
+        let to_workspace = SecretRecord {
+            end_user: None,
+            ..rec_a
+        };
+        assert!(open(&dk, &home, &to_workspace).is_err());
         let mut flipped = rec.clone();
         flipped.ciphertext[0] ^= 1;
         assert!(open(&dk, &home, &flipped).is_err());

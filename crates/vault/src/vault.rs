@@ -159,8 +159,9 @@ impl Vault {
         self.master.read().await.id().to_owned()
     }
 
-    /// Creates or replaces the secret `name` of the scope's workspace (`scope.end_user` is
-    /// ignored: secrets belong to the workspace).
+    /// Creates or replaces the secret `name` of the scope's workspace, or of its end-user when
+    /// `scope.end_user` is set (that secret then shadows the workspace's of the same name in
+    /// the end-user's runs).
     pub async fn put(&self, scope: &Scope, name: &str, value: &str) -> Result<SecretMeta> {
         validate_secret_name(name).map_err(VaultError::InvalidName)?;
         if value.len() > MAX_SECRET_BYTES {
@@ -179,6 +180,7 @@ impl Vault {
                 scope,
                 SecretRecord {
                     name: name.to_owned(),
+                    end_user: scope.end_user.clone(),
                     key_id,
                     nonce,
                     ciphertext,
@@ -191,7 +193,8 @@ impl Vault {
         Ok(meta)
     }
 
-    /// The plaintext of the secret, if the workspace has one by this name.
+    /// The plaintext of the secret: the scope's end-user's if it has one by this name, else the
+    /// workspace's.
     pub async fn get(&self, scope: &Scope, name: &str) -> Result<Option<SecretValue>> {
         let master = self.master.read().await;
         let Some(rec) = self.store.get_secret(scope, name).await? else {
@@ -202,7 +205,8 @@ impl Vault {
         open_value(&dk, scope, &rec).map(Some)
     }
 
-    /// The workspace's secrets by name, without values.
+    /// The scope owner's own secrets (the workspace's, or its end-user's) by name, without
+    /// values.
     pub async fn list(&self, scope: &Scope) -> Result<Vec<SecretMeta>> {
         Ok(self.store.list_secrets(scope).await?)
     }
@@ -216,7 +220,7 @@ impl Vault {
         Ok(deleted)
     }
 
-    /// A redactor for every secret of the workspace. Fails (rather than leaving one out) if any
+    /// A redactor for every secret of the workspace and of the scope's end-user. Fails (rather than leaving one out) if any
     /// secret cannot be decrypted.
     pub async fn redactor(&self, scope: &Scope) -> Result<Redactor> {
         let master = self.master.read().await;

@@ -4,13 +4,16 @@
 mod approvals;
 mod audit;
 mod bad_input;
+mod billing;
 mod crash;
 mod egress;
 mod hostile;
 mod local_run;
+mod members;
 mod provider_faults;
 mod run_stream;
 mod vault;
+mod workspace_cap;
 
 use paddock_test_support::{AgentFixture, MockLlm, Server, ServerOptions, provider_toml};
 use serde_json::{Value, json};

@@ -12,6 +12,8 @@ macro_rules! snap {
     ($name:expr, $value:expr) => {
         insta::assert_json_snapshot!($name, $value, {
             ".id" => "[run_id]",
+            ".created_by" => "[key_id]",
+            ".data[].created_by" => "[key_id]",
             ".created_at" => "[ts]",
             ".updated_at" => "[ts]",
             ".usage.input_tokens" => "[n]",

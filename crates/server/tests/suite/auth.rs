@@ -90,6 +90,9 @@ fn missing(path: &str, param: &str) -> String {
         (_, "id") if path.starts_with("/v1/runs/") => "run_0000000000000000000000000000dead".into(),
         (_, "approval_id") => "apr_0000000000000000000000000000dead".into(),
         ("/v1/keys/{id}", "id") => "key_0000000000000000000000000000dead".into(),
+        ("/v1/members/{id}", "id") => "usr_0000000000000000000000000000dead".into(),
+        ("/v1/end-users/{id}", "id") => "eu_0000000000000000000000000000dead".into(),
+        ("/v1/budgets/{id}", "id") => "bud_0000000000000000000000000000dead".into(),
         (_, "name") => "nothing-here".into(),
         _ => panic!("no stand-in for the parameter {{{param}}} of {path}: add one"),
     }
@@ -124,8 +127,12 @@ async fn openapi_lists_exactly_the_routes_and_their_permissions() {
             }
             None => {
                 assert!(op.get("security").is_none(), "{r:?}");
+                // Public: the document, and the login routes (logging in needs no key; logging
+                // out authenticates the session it ends, in its handler).
                 assert!(
-                    !r.path.starts_with("/v1/") || r.path == "/v1/openapi.json",
+                    !r.path.starts_with("/v1/")
+                        || r.path == "/v1/openapi.json"
+                        || r.path.starts_with("/v1/sessions"),
                     "{r:?}"
                 );
             }
@@ -373,6 +380,8 @@ async fn snapshot(app: &TestApp, key: &str, run: &str) -> Vec<Value> {
         "/v1/secrets".to_owned(),
         "/v1/keys".to_owned(),
         "/v1/workspaces".to_owned(),
+        "/v1/end-users".to_owned(),
+        "/v1/budgets".to_owned(),
         format!("/v1/runs/{run}"),
         format!("/v1/runs/{run}/events?after=0"),
     ] {
@@ -501,12 +510,66 @@ async fn another_workspace_resources_are_missing_on_every_route() {
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
 
+    // B's end-user and budget.
+    let r = call(
+        &app,
+        &Method::POST,
+        "/v1/end-users",
+        Some(&b),
+        Some(json!({"external_id": "b-customer"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let b_end_user = r.body["id"].as_str().unwrap().to_owned();
+    let r = call(
+        &app,
+        &Method::POST,
+        "/v1/budgets",
+        Some(&b),
+        Some(json!({"subject": "workspace", "period": "day", "limit_usd": 5})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let b_budget = r.body["id"].as_str().unwrap().to_owned();
+
     let before = snapshot(&app, &b, &run).await;
+    // Members belong to the org, not to a workspace, and A's key is an owner (whose reach is the
+    // whole org): the foreign member it must not reach is one of another org. (Workspace
+    // narrowing of members is covered in `members.rs`.)
+    let other_org = Scope {
+        org: paddock_types::OrgId::parse("org_other").unwrap(),
+        workspace: paddock_types::WorkspaceId::parse("ws_other").unwrap(),
+        end_user: None,
+    };
+    app.store
+        .ensure_workspace(&other_org, "other")
+        .await
+        .unwrap();
+    let foreign_member = paddock_types::MemberId::new();
+    app.store
+        .create_member(
+            &other_org,
+            paddock_store::MemberRecord {
+                id: foreign_member.clone(),
+                email: "other@example.com".into(),
+                password_hash: "$argon2id$unused".into(),
+                role: Role::Viewer,
+                workspace: None,
+                created_at: 1,
+                removed_at: None,
+            },
+        )
+        .await
+        .unwrap();
+    let foreign_member = foreign_member.to_string();
     let of_b = |path: &str, param: &str| -> String {
         match (path, param) {
             (_, "id") if path.starts_with("/v1/runs/") => run.clone(),
             (_, "approval_id") => approval.clone(),
             ("/v1/keys/{id}", "id") => b_key_id.clone(),
+            ("/v1/members/{id}", "id") => foreign_member.clone(),
+            ("/v1/end-users/{id}", "id") => b_end_user.clone(),
+            ("/v1/budgets/{id}", "id") => b_budget.clone(),
             ("/v1/agents/{name}", "name") => "bagent".into(),
             ("/v1/secrets/{name}", "name") => "btok".into(),
             _ => panic!("no resource of workspace B for {{{param}}} of {path}: add one"),
@@ -516,6 +579,9 @@ async fn another_workspace_resources_are_missing_on_every_route() {
         run.as_str(),
         approval.as_str(),
         b_key_id.as_str(),
+        b_end_user.as_str(),
+        "b-customer",
+        b_budget.as_str(),
         "bagent",
         "btok",
         "b-secret",

@@ -1,7 +1,10 @@
 mod api;
 mod audit;
 mod auth;
+mod billing;
 mod idempotency;
+mod members;
+mod ratelimit;
 
 use axum::Router;
 use axum::body::Body;
@@ -87,6 +90,23 @@ pub const PROMPT: &str = "Test.\n```mock\n{{ input.mock | tojson }}\n```\n";
 
 impl TestApp {
     pub async fn new() -> Self {
+        Self::with_models(Models::new(&BTreeMap::new()).unwrap()).await
+    }
+
+    /// With the scripted model priced (`scripted-model`: $1 per million input and output
+    /// tokens), so runs cost money and budgets bite.
+    pub async fn priced() -> Self {
+        let price = paddock_models::Price {
+            input_per_mtok: 1.0,
+            output_per_mtok: 1.0,
+        };
+        let models = Models::new(&BTreeMap::new())
+            .unwrap()
+            .with_scripted_prices(BTreeMap::from([("scripted-model".to_owned(), price)]));
+        Self::with_models(models).await
+    }
+
+    async fn with_models(models: Models) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store: paddock_store::DynStore = SqliteStore::open(dir.path()).unwrap();
         let vault = Arc::new(
@@ -94,7 +114,6 @@ impl TestApp {
                 .await
                 .unwrap(),
         );
-        let models = Models::new(&BTreeMap::new()).unwrap();
         let tools = WorkspaceTools::new(dir.path().join("workspaces"));
         let engine = Engine::new(
             store,
@@ -118,6 +137,8 @@ impl TestApp {
         let app = router(AppState {
             engine: Arc::clone(&engine),
             vault: Arc::clone(&vault),
+            rate_limiter: Arc::new(paddock_server::RateLimiter::new(Default::default())),
+            sessions: Arc::new(paddock_server::Sessions::default()),
         });
         Self {
             app,

@@ -3,10 +3,7 @@
 use super::write::corrupt;
 use super::{BUSY_TIMEOUT, STATEMENT_CACHE, from_json, scope_params};
 use crate::audit::{Canonical, Verifier};
-use crate::{
-    AgentRecord, AuditFilter, DataKeyRecord, KeyRecord, Result, RunFilter, SecretMeta,
-    SecretRecord, StoreError,
-};
+use crate::{AgentRecord, AuditFilter, DataKeyRecord, KeyRecord, Result, RunFilter, StoreError};
 use paddock_types::KeyId;
 use paddock_types::Role;
 use paddock_types::api::WorkspaceInfo;
@@ -252,7 +249,7 @@ pub(super) fn list_runs(
     Ok(page(runs, limit, |r| r.id.to_string()))
 }
 
-fn page<T>(mut data: Vec<T>, limit: u32, cursor_of: impl Fn(&T) -> String) -> Page<T> {
+pub(super) fn page<T>(mut data: Vec<T>, limit: u32, cursor_of: impl Fn(&T) -> String) -> Page<T> {
     let more = data.len() > limit as usize;
     data.truncate(limit as usize);
     let next_cursor = if more {
@@ -396,7 +393,7 @@ pub(super) fn list_approvals(
     Ok(page(approvals, limit, |a| a.id.to_string()))
 }
 
-fn key_id(r: &Row<'_>, i: usize) -> rusqlite::Result<u32> {
+pub(super) fn key_id(r: &Row<'_>, i: usize) -> rusqlite::Result<u32> {
     let id = r.get::<_, i64>(i)?;
     u32::try_from(id).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(i, id))
 }
@@ -449,65 +446,6 @@ pub(super) fn all_data_keys(conn: &mut Connection) -> Result<Vec<(Scope, DataKey
             Ok((scope, key))
         })
         .collect()
-}
-
-const SECRET_COLUMNS: &str =
-    "SELECT name, key_id, nonce, ciphertext, created_at, updated_at FROM secrets";
-
-fn secret(r: &Row<'_>) -> rusqlite::Result<SecretRecord> {
-    Ok(SecretRecord {
-        name: r.get(0)?,
-        key_id: key_id(r, 1)?,
-        nonce: r.get(2)?,
-        ciphertext: r.get(3)?,
-        created_at: r.get(4)?,
-        updated_at: r.get(5)?,
-    })
-}
-
-pub(super) fn get_secret(
-    conn: &mut Connection,
-    scope: &Scope,
-    name: &str,
-) -> Result<Option<SecretRecord>> {
-    let (org, ws, _) = scope_params(scope);
-    let row = conn
-        .prepare_cached(&format!(
-            "{SECRET_COLUMNS} WHERE org = ?1 AND workspace = ?2 AND name = ?3"
-        ))?
-        .query_row(params![org, ws, name], secret)
-        .optional()?;
-    Ok(row)
-}
-
-pub(super) fn list_secrets(conn: &mut Connection, scope: &Scope) -> Result<Vec<SecretMeta>> {
-    let (org, ws, _) = scope_params(scope);
-    // Values are not even read: a listing cannot leak what it never loads.
-    let metas = conn
-        .prepare_cached(
-            "SELECT name, created_at, updated_at FROM secrets
-             WHERE org = ?1 AND workspace = ?2 ORDER BY name",
-        )?
-        .query_map(params![org, ws], |r| {
-            Ok(SecretMeta {
-                name: r.get(0)?,
-                created_at: r.get(1)?,
-                updated_at: r.get(2)?,
-            })
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(metas)
-}
-
-pub(super) fn all_secrets(conn: &mut Connection, scope: &Scope) -> Result<Vec<SecretRecord>> {
-    let (org, ws, _) = scope_params(scope);
-    let secrets = conn
-        .prepare_cached(&format!(
-            "{SECRET_COLUMNS} WHERE org = ?1 AND workspace = ?2 ORDER BY name"
-        ))?
-        .query_map(params![org, ws], secret)?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(secrets)
 }
 
 pub(super) fn list_workspaces(conn: &mut Connection, org: &OrgId) -> Result<Vec<WorkspaceInfo>> {
@@ -693,7 +631,14 @@ fn decode_audit(row: AuditRow) -> Result<AuditEntry> {
             kind,
             key_id: key_id
                 .as_deref()
+                .filter(|id| !id.starts_with("usr_"))
                 .map(KeyId::parse)
+                .transpose()
+                .map_err(corrupt)?,
+            member_id: key_id
+                .as_deref()
+                .filter(|id| id.starts_with("usr_"))
+                .map(paddock_types::MemberId::parse)
                 .transpose()
                 .map_err(corrupt)?,
             role: role

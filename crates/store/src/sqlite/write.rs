@@ -8,7 +8,7 @@ use super::{from_json, scope_params, to_json};
 use crate::{
     AgentRecord, Append, Claimed, Committed, DataKeyRecord, IDEMPOTENCY_IN_FLIGHT_MS,
     IDEMPOTENCY_TTL_MS, IdempotencyClaim, IdempotentResponse, KeyRecord, Result, Rewrap,
-    SecretMeta, SecretRecord, StoreError,
+    StoreError,
 };
 use paddock_types::KeyId;
 use paddock_types::api::{AgentDefinition, ApprovalStatus, Run};
@@ -20,6 +20,7 @@ use paddock_types::{
     ApprovalId, Event, EventKind, NewEvent, OrgId, RunId, Scope, ToolCall, WorkspaceId,
 };
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use std::num::NonZeroU32;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -315,27 +316,55 @@ pub(super) fn claim(
     worker: &str,
     lease_ms: i64,
     limit: u32,
+    max_running_per_workspace: Option<NonZeroU32>,
 ) -> Result<Vec<Claimed>> {
     if limit == 0 {
         return Ok(Vec::new());
     }
     let now = now_ms();
-    let rows = conn
-        .prepare_cached(
-            "SELECT id, org, workspace, end_user FROM runs
-             WHERE status IN ('queued', 'running')
-               AND (lease_until IS NULL OR lease_until < ?1)
-             ORDER BY id LIMIT ?2",
-        )?
-        .query_map(params![now, i64::from(limit)], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, Option<String>>(3)?,
-            ))
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let row = |r: &rusqlite::Row<'_>| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, Option<String>>(3)?,
+        ))
+    };
+    let rows = match max_running_per_workspace {
+        None => conn
+            .prepare_cached(
+                "SELECT id, org, workspace, end_user FROM runs
+                 WHERE status IN ('queued', 'running')
+                   AND (lease_until IS NULL OR lease_until < ?1)
+                 ORDER BY id LIMIT ?2",
+            )?
+            .query_map(params![now, i64::from(limit)], row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?,
+        // A workspace's claimable runs are numbered oldest first; the n-th may go only while
+        // the runs it already has under a live lease plus n stay within the cap. Inside the
+        // writer's transaction, so two claims cannot both take the last slot.
+        Some(cap) => conn
+            .prepare_cached(
+                "WITH busy AS (
+                     SELECT org, workspace, COUNT(*) AS n FROM runs
+                     WHERE status IN ('queued', 'running') AND lease_until >= ?1
+                     GROUP BY org, workspace
+                 ),
+                 ready AS (
+                     SELECT id, org, workspace, end_user,
+                            ROW_NUMBER() OVER (PARTITION BY org, workspace ORDER BY id) AS nth
+                     FROM runs
+                     WHERE status IN ('queued', 'running')
+                       AND (lease_until IS NULL OR lease_until < ?1)
+                 )
+                 SELECT r.id, r.org, r.workspace, r.end_user FROM ready r
+                 LEFT JOIN busy b ON b.org = r.org AND b.workspace = r.workspace
+                 WHERE COALESCE(b.n, 0) + r.nth <= ?3
+                 ORDER BY r.id LIMIT ?2",
+            )?
+            .query_map(params![now, i64::from(limit), i64::from(cap.get())], row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?,
+    };
     let mut lease =
         conn.prepare_cached("UPDATE runs SET lease_owner = ?2, lease_until = ?3 WHERE id = ?1")?;
     let until = now.saturating_add(lease_ms);
@@ -434,59 +463,6 @@ pub(super) fn rewrap_data_keys(conn: &Connection, rewraps: &[Rewrap]) -> Result<
         }
     }
     Ok(())
-}
-
-pub(super) fn put_secret(
-    conn: &Connection,
-    scope: &Scope,
-    secret: &SecretRecord,
-) -> Result<SecretMeta> {
-    let (org, ws, _) = scope_params(scope);
-    // Checked here for a clear error; the foreign key backs it up.
-    let has_key = conn
-        .prepare_cached(
-            "SELECT 1 FROM data_keys WHERE org = ?1 AND workspace = ?2 AND key_id = ?3",
-        )?
-        .exists(params![org, ws, i64::from(secret.key_id)])?;
-    if !has_key {
-        return Err(StoreError::NotFound("data key"));
-    }
-    let (created_at, updated_at) = conn
-        .prepare_cached(
-            "INSERT INTO secrets
-               (org, workspace, name, key_id, nonce, ciphertext, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-             ON CONFLICT (org, workspace, name) DO UPDATE SET
-               key_id = excluded.key_id, nonce = excluded.nonce,
-               ciphertext = excluded.ciphertext, updated_at = excluded.updated_at
-             RETURNING created_at, updated_at",
-        )?
-        .query_row(
-            params![
-                org,
-                ws,
-                secret.name,
-                i64::from(secret.key_id),
-                secret.nonce,
-                secret.ciphertext,
-                secret.created_at,
-                secret.updated_at,
-            ],
-            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
-        )?;
-    Ok(SecretMeta {
-        name: secret.name.clone(),
-        created_at,
-        updated_at,
-    })
-}
-
-pub(super) fn delete_secret(conn: &Connection, scope: &Scope, name: &str) -> Result<bool> {
-    let (org, ws, _) = scope_params(scope);
-    let deleted = conn
-        .prepare_cached("DELETE FROM secrets WHERE org = ?1 AND workspace = ?2 AND name = ?3")?
-        .execute(params![org, ws, name])?;
-    Ok(deleted > 0)
 }
 
 pub(super) fn ensure_workspace(conn: &Connection, scope: &Scope, name: &str) -> Result<()> {
@@ -673,9 +649,11 @@ fn append_events(
         run.apply(&ev);
         insert_event(conn, &run.id, &ev)?;
         project_approval(conn, scope, &run, end_user, &ev)?;
+        super::usage::on_event(conn, scope, &run, end_user, &ev)?;
     }
     let terminal = run.status.is_terminal();
     if terminal {
+        audit_run_end(conn, scope, &run, end_user)?;
         // Nobody can act on an approval of a finished run any more.
         conn.prepare_cached(
             "UPDATE approvals SET status = 'expired' WHERE run_id = ?1 AND status = 'pending'",
@@ -755,6 +733,55 @@ fn project_approval(
 /// Appends to the workspace's audit chain. The writer is the only connection that writes, and
 /// this runs inside its transaction, so reading the last entry and inserting the next cannot
 /// interleave with another append.
+/// The audit entry for a run's end, written in the transaction that journals the end, so the
+/// trail cannot miss one: `run.succeeded`, `run.failed`, `run.cancelled` or `run.timed_out`.
+fn audit_run_end(
+    conn: &Connection,
+    scope: &Scope,
+    run: &Run,
+    end_user: Option<&str>,
+) -> Result<()> {
+    let end_user = end_user
+        .map(paddock_types::EndUserId::parse)
+        .transpose()
+        .map_err(corrupt)?;
+    let outcome = match run.status {
+        paddock_types::RunStatus::Succeeded => "ok",
+        paddock_types::RunStatus::Cancelled => "cancelled",
+        _ => "error",
+    };
+    let detail = serde_json::json!({
+        "agent": run.agent,
+        "agent_version": run.agent_version,
+        "error": run.error.as_ref().map(|e| e.code.as_str()),
+        "cost_usd": run.usage.cost_usd,
+        "model_calls": run.usage.model_calls,
+        "tool_calls": run.usage.tool_calls,
+        "created_by": run.created_by,
+    });
+    append_audit(
+        conn,
+        &Scope {
+            end_user: None,
+            ..scope.clone()
+        },
+        crate::NewAuditEntry {
+            at: run.updated_at,
+            actor: paddock_types::api::AuditActor {
+                end_user,
+                ..paddock_types::api::AuditActor::system()
+            },
+            action: format!("run.{}", run.status.as_str()),
+            resource: format!("run/{}", run.id),
+            outcome: outcome.to_owned(),
+            ip: None,
+            user_agent: None,
+            detail,
+        },
+    )?;
+    Ok(())
+}
+
 pub(super) fn append_audit(
     conn: &Connection,
     scope: &Scope,
@@ -773,7 +800,13 @@ pub(super) fn append_audit(
         None => (1, crate::audit::GENESIS.to_owned()),
     };
     let detail = to_json(&e.detail)?;
-    let key_id = e.actor.key_id.as_ref().map(|k| k.to_string());
+    // The actor's id column holds a key id, or a member id for a session's request.
+    let key_id = e
+        .actor
+        .key_id
+        .as_ref()
+        .map(|k| k.to_string())
+        .or_else(|| e.actor.member_id.as_ref().map(|m| m.to_string()));
     let end_user = e.actor.end_user.as_ref().map(|k| k.to_string());
     let canonical = crate::audit::Canonical {
         v: 1,

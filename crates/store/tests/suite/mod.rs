@@ -96,7 +96,7 @@ async fn everything_survives_a_reopen() {
             .create_run(&s, &RunId::new(), created("alpha"))
             .await
             .unwrap();
-        assert_eq!(store.claim("old", 60_000, 10).await.unwrap().len(), 1);
+        assert_eq!(store.claim("old", 60_000, 10, None).await.unwrap().len(), 1);
         (run.id, before, events, leased.id)
     };
 
@@ -114,7 +114,13 @@ async fn everything_survives_a_reopen() {
         .unwrap();
     assert_eq!(pending.status, ApprovalStatus::Pending);
     // A lease outlives the process that took it: a crashed worker's runs wait for expiry.
-    assert!(store.claim("new", 60_000, 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .claim("new", 60_000, 10, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(
         store
             .renew("old", &[leased], 60_000)
@@ -187,7 +193,7 @@ async fn the_schema_is_versioned_and_in_wal_mode() {
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
     assert_eq!(version, paddock_store::sqlite::SCHEMA_VERSION);
-    assert_eq!(version, 5);
+    assert_eq!(version, 7);
     let mode: String = db
         .pragma_query_value(None, "journal_mode", |r| r.get(0))
         .unwrap();
@@ -264,7 +270,7 @@ async fn a_version_1_database_is_migrated_keeping_its_data() {
     let version: i64 = db
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 5);
+    assert_eq!(version, 7);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

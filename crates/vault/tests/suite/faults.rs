@@ -6,9 +6,17 @@ use paddock_store::{
     AgentRecord, Append, Claimed, Committed, DataKeyRecord, DynStore, Result, Rewrap, RunFilter,
     SecretMeta, SecretRecord, SqliteStore, Store, StoreError,
 };
+use paddock_store::{
+    BudgetRefusal, KeyRecord, MemberRecord, Reservation, SessionRecord, UsageQuery,
+};
 use paddock_types::api::{AgentDefinition, Approval, ApprovalStatus, Page, Run};
+use paddock_types::api::{OrgInfo, WorkspaceInfo};
+use paddock_types::billing::{Budget, EndUser, UsageRow};
 use paddock_types::event::ApprovalDecision;
+use paddock_types::time::Millis;
 use paddock_types::{ApprovalId, Event, NewEvent, RunId, Scope};
+use paddock_types::{BudgetId, EndUserId};
+use paddock_types::{MemberId, OrgId};
 use paddock_vault::{KeySource, Vault, VaultError};
 use std::sync::Arc;
 use tokio::sync::broadcast;
@@ -111,8 +119,14 @@ impl Store for Faulty {
             .decide_approval(scope, run_id, id, decision, comment)
             .await
     }
-    async fn claim(&self, worker: &str, lease_ms: i64, limit: u32) -> Result<Vec<Claimed>> {
-        self.inner.claim(worker, lease_ms, limit).await
+    async fn claim(
+        &self,
+        worker: &str,
+        lease_ms: i64,
+        limit: u32,
+        cap: Option<std::num::NonZeroU32>,
+    ) -> Result<Vec<Claimed>> {
+        self.inner.claim(worker, lease_ms, limit, cap).await
     }
     async fn renew(&self, worker: &str, runs: &[RunId], lease_ms: i64) -> Result<Vec<RunId>> {
         self.inner.renew(worker, runs, lease_ms).await
@@ -247,6 +261,79 @@ impl Store for Faulty {
         self.inner
             .release_idempotency(scope, key, request_hash)
             .await
+    }
+    async fn create_end_user(&self, scope: &Scope, user: EndUser) -> Result<EndUser> {
+        self.inner.create_end_user(scope, user).await
+    }
+    async fn find_end_user(&self, scope: &Scope, key: &str) -> Result<Option<EndUser>> {
+        self.inner.find_end_user(scope, key).await
+    }
+    async fn list_end_users(
+        &self,
+        scope: &Scope,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<EndUser>> {
+        self.inner.list_end_users(scope, cursor, limit).await
+    }
+    async fn delete_end_user(&self, scope: &Scope, id: &EndUserId) -> Result<bool> {
+        self.inner.delete_end_user(scope, id).await
+    }
+    async fn create_budget(&self, scope: &Scope, budget: Budget) -> Result<Budget> {
+        self.inner.create_budget(scope, budget).await
+    }
+    async fn list_budgets(&self, scope: &Scope) -> Result<Vec<Budget>> {
+        self.inner.list_budgets(scope).await
+    }
+    async fn delete_budget(&self, scope: &Scope, id: &BudgetId) -> Result<bool> {
+        self.inner.delete_budget(scope, id).await
+    }
+    async fn reserve_budget(&self, scope: &Scope, r: Reservation) -> Result<Option<BudgetRefusal>> {
+        self.inner.reserve_budget(scope, r).await
+    }
+    async fn usage(&self, scope: &Scope, q: &UsageQuery) -> Result<Vec<UsageRow>> {
+        self.inner.usage(scope, q).await
+    }
+    async fn create_member(&self, scope: &Scope, member: MemberRecord) -> Result<()> {
+        self.inner.create_member(scope, member).await
+    }
+    async fn list_members(&self, scope: &Scope) -> Result<Vec<MemberRecord>> {
+        self.inner.list_members(scope).await
+    }
+    async fn get_member(&self, scope: &Scope, id: &MemberId) -> Result<Option<MemberRecord>> {
+        self.inner.get_member(scope, id).await
+    }
+    async fn remove_member(&self, scope: &Scope, id: &MemberId, at: Millis) -> Result<bool> {
+        self.inner.remove_member(scope, id, at).await
+    }
+    async fn members_by_email(&self, email: &str) -> Result<Vec<(OrgId, MemberRecord)>> {
+        self.inner.members_by_email(email).await
+    }
+    async fn count_members(&self) -> Result<u64> {
+        self.inner.count_members().await
+    }
+    async fn create_session(&self, scope: &Scope, session: SessionRecord) -> Result<()> {
+        self.inner.create_session(scope, session).await
+    }
+    async fn session_by_hash(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<(Scope, SessionRecord, MemberRecord)>> {
+        self.inner.session_by_hash(token_hash).await
+    }
+    async fn revoke_session(&self, scope: &Scope, token_hash: &str, at: Millis) -> Result<bool> {
+        self.inner.revoke_session(scope, token_hash, at).await
+    }
+    async fn create_org(
+        &self,
+        name: &str,
+        workspace_name: &str,
+        owner_key: KeyRecord,
+    ) -> Result<(OrgInfo, WorkspaceInfo)> {
+        self.inner.create_org(name, workspace_name, owner_key).await
+    }
+    async fn list_orgs(&self) -> Result<Vec<OrgInfo>> {
+        self.inner.list_orgs().await
     }
 }
 

@@ -62,6 +62,32 @@ async fn secrets_round_trip() {
         vault.get(&eu, "token").await.unwrap().unwrap().expose(),
         "ghp_second-value"
     );
+    // Until it stores its own, which shadows the workspace's for that end-user only.
+    vault.put(&eu, "token", "alice-own-token").await.unwrap();
+    assert_eq!(
+        vault.get(&eu, "token").await.unwrap().unwrap().expose(),
+        "alice-own-token"
+    );
+    assert_eq!(
+        vault.get(&s, "token").await.unwrap().unwrap().expose(),
+        "ghp_second-value"
+    );
+    let bob = Scope {
+        end_user: Some(EndUserId::parse("eu_bob").unwrap()),
+        ..s.clone()
+    };
+    assert_eq!(
+        vault.get(&bob, "token").await.unwrap().unwrap().expose(),
+        "ghp_second-value"
+    );
+    // Alice's runs redact both values; Bob's never learn Alice's.
+    let redacted = vault
+        .redactor(&eu)
+        .await
+        .unwrap()
+        .redact("alice-own-token ghp_second-value");
+    assert!(!redacted.contains("alice-own-token") && !redacted.contains("ghp_second"));
+    assert!(vault.delete(&eu, "token").await.unwrap());
 
     assert!(vault.delete(&s, "token").await.unwrap());
     assert!(!vault.delete(&s, "token").await.unwrap());
