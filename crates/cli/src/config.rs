@@ -12,6 +12,11 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, Deserialize)]
 pub struct Config {
+    /// Everything above as the layers merged it (defaults, file, environment, flags), for the
+    /// audit trail's record of configuration changes. Holds no secret: keys are named by their
+    /// environment variables, never held.
+    #[serde(skip)]
+    pub effective: serde_json::Value,
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     /// Every agent folder under this directory is registered at start.
@@ -292,7 +297,8 @@ pub fn load(file: Option<&Path>, o: &Overrides) -> Result<Config> {
     if let Some(a) = &o.agents_dir {
         fig = fig.merge(Serialized::default("agents_dir", a));
     }
-    let cfg: Config = fig.extract().context("invalid configuration")?;
+    let mut cfg: Config = fig.extract().context("invalid configuration")?;
+    cfg.effective = fig.extract().context("invalid configuration")?;
     if cfg.engine.max_concurrent_runs == 0 {
         anyhow::bail!("invalid configuration: engine.max_concurrent_runs must be at least 1");
     }

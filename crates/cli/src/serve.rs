@@ -201,6 +201,7 @@ pub async fn serve(file: Option<&Path>, o: &config::Overrides) -> Result<()> {
     let agents = register_agents(&engine, cfg.agents_dir.as_deref()).await?;
     bootstrap_admin_key(engine.store()).await?;
     bootstrap_admin_member(engine.store()).await?;
+    audit_config_change(engine.store(), &cfg.effective).await?;
     engine.start();
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -233,6 +234,89 @@ pub async fn serve(file: Option<&Path>, o: &config::Overrides) -> Result<()> {
     engine.shutdown();
     tracing::info!("paddock stopped");
     Ok(())
+}
+
+/// Records `config.changed` in the first workspace's audit trail when the effective
+/// configuration differs from the one the last start recorded (or none was recorded): the
+/// SHA-256 of the whole and of each top-level section, and which sections changed. Values are
+/// not copied into the trail.
+async fn audit_config_change(store: &DynStore, effective: &serde_json::Value) -> Result<()> {
+    use paddock_store::{AuditFilter, NewAuditEntry, audit::sha256_hex};
+    let digest = |v: &serde_json::Value| sha256_hex(canonical(v).to_string().as_bytes());
+    let sections: serde_json::Map<String, serde_json::Value> = effective
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), serde_json::Value::String(digest(v))))
+        .collect();
+    let hash = digest(effective);
+    let scope = Scope::default_workspace();
+    let filter = AuditFilter {
+        action: Some("config.changed".to_owned()),
+        ..AuditFilter::default()
+    };
+    let mut last = None;
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = store
+            .list_audit(&scope, &filter, cursor.as_deref(), 1000)
+            .await?;
+        last = page.data.last().cloned().or(last);
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    let previous = last.as_ref().map(|e| &e.detail);
+    if previous.and_then(|d| d["sha256"].as_str()) == Some(hash.as_str()) {
+        return Ok(());
+    }
+    let before = previous
+        .and_then(|d| d["sections"].as_object())
+        .cloned()
+        .unwrap_or_default();
+    let mut changed: Vec<&String> = sections
+        .keys()
+        .chain(before.keys())
+        .filter(|k| sections.get(*k) != before.get(*k))
+        .collect();
+    changed.sort();
+    changed.dedup();
+    store
+        .append_audit(
+            &scope,
+            NewAuditEntry {
+                at: paddock_types::time::now_ms(),
+                actor: paddock_types::api::AuditActor::system(),
+                action: "config.changed".to_owned(),
+                resource: "config".to_owned(),
+                outcome: "ok".to_owned(),
+                ip: None,
+                user_agent: None,
+                detail: serde_json::json!({
+                    "sha256": hash,
+                    "previous_sha256": previous.and_then(|d| d["sha256"].as_str()),
+                    "changed": changed,
+                    "sections": sections,
+                }),
+            },
+        )
+        .await?;
+    tracing::info!(sections = ?changed, "configuration changed since the last start; recorded in the audit trail");
+    Ok(())
+}
+
+/// `v` with every object's keys sorted, so equal configurations hash equally.
+fn canonical(v: &serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(m) => {
+            let sorted: std::collections::BTreeMap<&String, serde_json::Value> =
+                m.iter().map(|(k, v)| (k, canonical(v))).collect();
+            serde_json::json!(sorted)
+        }
+        serde_json::Value::Array(a) => serde_json::Value::Array(a.iter().map(canonical).collect()),
+        other => other.clone(),
+    }
 }
 
 /// The environment variable that supplies the first owner key instead of a generated one.

@@ -18,6 +18,7 @@ mod keycache;
 mod members;
 mod read;
 mod secrets;
+mod trail;
 mod usage;
 mod write;
 

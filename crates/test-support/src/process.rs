@@ -393,6 +393,11 @@ impl Server {
         }
     }
 
+    /// The `paddock.toml` the server reads at each start (a test may rewrite it, then restart).
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
     /// Starts a new server process on the same data folder, agents and port (killing the
     /// current one first if it still runs) and waits until it answers.
     pub async fn restart(&mut self) {

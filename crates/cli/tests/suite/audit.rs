@@ -40,7 +40,8 @@ async fn offline_verify_finds_an_edited_entry_in_a_live_data_folder() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("ok (3 entries)"), "{stdout}");
+    // The start's `config.changed`, then the three writes.
+    assert!(stdout.contains("ok (4 entries)"), "{stdout}");
 
     // Online, through the API, with the same verdict.
     let url = server.url();
@@ -104,4 +105,47 @@ async fn offline_verify_finds_an_edited_entry_in_a_live_data_folder() {
         v["first_broken"],
         json!({"seq": 2, "reason": "hash mismatch"})
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_with_a_changed_configuration_is_audited() {
+    let mock = MockLlm::start(bin(), 0).await;
+    let mut server = start(&mock, vec![]).await;
+    let changes = |server: &paddock_test_support::Server| {
+        let api = server.api();
+        async move {
+            let r = api.get_json("/v1/audit?action=config.changed").await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            r.body["data"].as_array().unwrap().clone()
+        }
+    };
+    let first = changes(&server).await;
+    assert_eq!(first.len(), 1, "the first start records its configuration");
+    assert_eq!(first[0]["actor"]["kind"], "system");
+    // The first start listened on port 0, a restart on the port it got: `listen` changed.
+    server.restart().await;
+    let second = changes(&server).await;
+    assert_eq!(second.len(), 2, "{second:#?}");
+    assert_eq!(second[1]["detail"]["changed"], json!(["listen"]));
+    // Restarting with the same configuration records nothing.
+    server.restart().await;
+    assert_eq!(changes(&server).await.len(), 2);
+    // A changed section is named, with the previous configuration's hash.
+    let mut toml = std::fs::read_to_string(server.config_path()).unwrap();
+    toml.push_str("\n[engine]\nlease_secs = 7\n");
+    std::fs::write(server.config_path(), toml).unwrap();
+    server.restart().await;
+    let all = changes(&server).await;
+    assert_eq!(all.len(), 3, "{all:#?}");
+    assert_eq!(all[2]["detail"]["changed"], json!(["engine"]));
+    assert_eq!(
+        all[2]["detail"]["previous_sha256"],
+        second[1]["detail"]["sha256"]
+    );
+    assert!(
+        !all[2]["detail"].to_string().contains("lease_secs"),
+        "values stay out of the trail"
+    );
+    let v = server.api().get_json("/v1/audit/verify").await;
+    assert_eq!(v.body["ok"], true, "{}", v.body);
 }

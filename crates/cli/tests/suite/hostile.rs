@@ -795,6 +795,20 @@ async fn the_proxy_refuses_internal_addresses() {
         assert_blocked(&a, i, &what, &["egress denied: private_address"]);
         assert_one_denial(&a, i, &what, "private_address");
     }
+    // Every refusal is in the audit trail too, written with its journal event.
+    let trail = h
+        .api()
+        .get_json(&format!(
+            "/v1/audit?action=egress.denied&resource=run/{}/&limit=100",
+            a.id
+        ))
+        .await;
+    assert_eq!(trail.status, 200, "{}", trail.body);
+    let entries = trail.body["data"].as_array().unwrap();
+    assert_eq!(entries.len(), turns.len(), "{entries:#?}");
+    assert!(entries.iter().all(|e| e["outcome"] == "denied"));
+    assert_eq!(entries[3]["detail"]["host"], "169.254.169.254");
+    assert_eq!(entries[8]["detail"]["reason"], "no_rule");
     h.assert_unaffected().await;
 }
 

@@ -304,3 +304,57 @@ async fn only_admins_read_the_trail_and_denials_are_recorded() {
     let (_, body) = send(&app, Method::GET, "/v1/audit", Some(&theirs), None).await;
     assert_eq!(body["data"], json!([]));
 }
+
+#[tokio::test]
+async fn a_refused_tool_call_and_the_run_end_are_recorded_with_the_end_user() {
+    let app = TestApp::new().await;
+    let (s, eu) = send(
+        &app,
+        Method::POST,
+        "/v1/end-users",
+        None,
+        Some(json!({"external_id": "dana"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{eu}");
+    let eu = eu["id"].as_str().unwrap().to_owned();
+    // `notes` has no shell tool: the manifest check refuses the call, the model then finishes.
+    let input = json!({"mock": {"turns": [
+        {"tool": "shell", "args": {"command": "id"}},
+        {"final": "gave up"}]}});
+    let req = Request::post("/v1/runs?wait=30")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("Paddock-End-User", "dana")
+        .body(Body::from(
+            serde_json::to_vec(&json!({"agent": "notes", "input": input})).unwrap(),
+        ))
+        .unwrap();
+    let (s, _, run) = app.request(req).await;
+    assert_eq!(s, StatusCode::CREATED, "{run}");
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let run_id = run["id"].as_str().unwrap();
+
+    let denied = trail(&app, "?action=policy.denied").await;
+    assert_eq!(denied.len(), 1, "{denied:?}");
+    assert_eq!(denied[0]["outcome"], "denied");
+    assert_eq!(denied[0]["detail"]["tool"], "shell");
+    assert_eq!(denied[0]["actor"]["kind"], "system");
+    assert_eq!(denied[0]["actor"]["end_user"], eu.as_str());
+    assert!(
+        denied[0]["resource"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("run/{run_id}/call/")),
+        "{denied:?}"
+    );
+    let ended = trail(&app, "?action=run.succeeded").await;
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    assert_eq!(ended[0]["resource"], format!("run/{run_id}"));
+    assert_eq!(ended[0]["actor"]["end_user"], eu.as_str());
+    // The request that started it names the end-user it impersonated.
+    let created = trail(&app, "?action=run.created").await;
+    assert_eq!(created[0]["actor"]["kind"], "api_key");
+    assert_eq!(created[0]["actor"]["end_user"], eu.as_str());
+    let (_, v) = send(&app, Method::GET, "/v1/audit/verify", None, None).await;
+    assert_eq!(v["ok"], true, "{v}");
+}

@@ -650,10 +650,10 @@ fn append_events(
         insert_event(conn, &run.id, &ev)?;
         project_approval(conn, scope, &run, end_user, &ev)?;
         super::usage::on_event(conn, scope, &run, end_user, &ev)?;
+        super::trail::on_event(conn, scope, &run, end_user, &ev)?;
     }
     let terminal = run.status.is_terminal();
     if terminal {
-        audit_run_end(conn, scope, &run, end_user)?;
         // Nobody can act on an approval of a finished run any more.
         conn.prepare_cached(
             "UPDATE approvals SET status = 'expired' WHERE run_id = ?1 AND status = 'pending'",
@@ -733,55 +733,6 @@ fn project_approval(
 /// Appends to the workspace's audit chain. The writer is the only connection that writes, and
 /// this runs inside its transaction, so reading the last entry and inserting the next cannot
 /// interleave with another append.
-/// The audit entry for a run's end, written in the transaction that journals the end, so the
-/// trail cannot miss one: `run.succeeded`, `run.failed`, `run.cancelled` or `run.timed_out`.
-fn audit_run_end(
-    conn: &Connection,
-    scope: &Scope,
-    run: &Run,
-    end_user: Option<&str>,
-) -> Result<()> {
-    let end_user = end_user
-        .map(paddock_types::EndUserId::parse)
-        .transpose()
-        .map_err(corrupt)?;
-    let outcome = match run.status {
-        paddock_types::RunStatus::Succeeded => "ok",
-        paddock_types::RunStatus::Cancelled => "cancelled",
-        _ => "error",
-    };
-    let detail = serde_json::json!({
-        "agent": run.agent,
-        "agent_version": run.agent_version,
-        "error": run.error.as_ref().map(|e| e.code.as_str()),
-        "cost_usd": run.usage.cost_usd,
-        "model_calls": run.usage.model_calls,
-        "tool_calls": run.usage.tool_calls,
-        "created_by": run.created_by,
-    });
-    append_audit(
-        conn,
-        &Scope {
-            end_user: None,
-            ..scope.clone()
-        },
-        crate::NewAuditEntry {
-            at: run.updated_at,
-            actor: paddock_types::api::AuditActor {
-                end_user,
-                ..paddock_types::api::AuditActor::system()
-            },
-            action: format!("run.{}", run.status.as_str()),
-            resource: format!("run/{}", run.id),
-            outcome: outcome.to_owned(),
-            ip: None,
-            user_agent: None,
-            detail,
-        },
-    )?;
-    Ok(())
-}
-
 pub(super) fn append_audit(
     conn: &Connection,
     scope: &Scope,
