@@ -4,7 +4,7 @@
 
 use crate::Output;
 use crate::client::{http_client, send};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Subcommand;
 use serde_json::Value;
 use std::path::PathBuf;
@@ -39,7 +39,25 @@ pub enum AuditAction {
         /// Verify every workspace offline from this data folder instead of asking a server
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Also hold the chain to a checkpoint saved earlier by `paddock audit checkpoint`:
+        /// catches a truncated or rewritten chain
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
     },
+    /// Print the chain's newest entry (seq, hash) as JSON; keep it outside Paddock and pass it
+    /// to `verify --checkpoint` later
+    Checkpoint,
+}
+
+fn read_checkpoint(path: &std::path::Path) -> Result<paddock_types::api::AuditCheckpoint> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the checkpoint {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not a checkpoint printed by `paddock audit checkpoint`",
+            path.display()
+        )
+    })
 }
 
 pub async fn audit(
@@ -51,11 +69,34 @@ pub async fn audit(
     match action {
         AuditAction::Verify {
             data_dir: Some(dir),
-        } => verify_offline(&dir, output),
-        AuditAction::Verify { data_dir: None } => {
+            checkpoint,
+        } => {
+            let checkpoints = checkpoint
+                .as_deref()
+                .map(read_checkpoint)
+                .transpose()?
+                .into_iter()
+                .collect::<Vec<_>>();
+            verify_offline(&dir, &checkpoints, output)
+        }
+        AuditAction::Checkpoint => {
             let base = server.trim_end_matches('/');
             let http = http_client(api_key)?;
-            let v = send(base, http.get(format!("{base}/v1/audit/verify"))).await?;
+            let v = send(base, http.get(format!("{base}/v1/audit/checkpoint"))).await?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditAction::Verify {
+            data_dir: None,
+            checkpoint,
+        } => {
+            let base = server.trim_end_matches('/');
+            let http = http_client(api_key)?;
+            let mut req = http.get(format!("{base}/v1/audit/verify"));
+            if let Some(cp) = checkpoint.as_deref().map(read_checkpoint).transpose()? {
+                req = req.query(&[("seq", cp.seq.to_string()), ("hash", cp.hash)]);
+            }
+            let v = send(base, req).await?;
             if output == Output::Json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
@@ -134,8 +175,12 @@ fn print_verdict(workspace: Option<&str>, v: &Value) {
     }
 }
 
-fn verify_offline(dir: &std::path::Path, output: Output) -> Result<ExitCode> {
-    let results = paddock_store::sqlite::verify_audit_offline(dir)?;
+fn verify_offline(
+    dir: &std::path::Path,
+    checkpoints: &[paddock_types::api::AuditCheckpoint],
+    output: Output,
+) -> Result<ExitCode> {
+    let results = paddock_store::sqlite::verify_audit_offline(dir, checkpoints)?;
     let all_ok = results.iter().all(|(_, v)| v.ok);
     if output == Output::Json {
         let list: Vec<Value> = results

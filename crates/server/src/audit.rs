@@ -294,12 +294,69 @@ pub(crate) async fn list_audit(
     Ok(Json(page).into_response())
 }
 
+/// `?seq=&hash=`: a checkpoint taken earlier (`GET /v1/audit/checkpoint`) to hold the chain to.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct VerifyQuery {
+    seq: Option<u64>,
+    hash: Option<String>,
+}
+
 pub(crate) async fn verify_audit(
     State(st): State<AppState>,
     p: crate::Principal,
+    ApiQuery(q): ApiQuery<VerifyQuery>,
 ) -> Result<Response, ApiError> {
-    let v = st.engine.store().verify_audit(&p.scope).await?;
+    let store = st.engine.store();
+    let checkpoint = match (q.seq, q.hash) {
+        (None, None) => None,
+        (Some(seq), Some(hash))
+            if hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()) =>
+        {
+            Some((seq, hash.to_ascii_lowercase()))
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "a checkpoint is seq (an integer) and hash (64 hex digits), both or neither",
+            ));
+        }
+    };
+    let mut v = store.verify_audit(&p.scope).await?;
+    if let Some((seq, hash)) = checkpoint {
+        let at = store.audit_hash_at(&p.scope, seq).await?;
+        v = paddock_store::audit::against_checkpoint(v, seq, &hash, at.as_deref());
+    }
     Ok(Json(v).into_response())
+}
+
+/// The workspace chain's newest entry, to keep outside Paddock and verify against later.
+pub(crate) async fn audit_checkpoint(
+    State(st): State<AppState>,
+    p: crate::Principal,
+) -> Result<Response, ApiError> {
+    let store = st.engine.store();
+    let v = store.verify_audit(&p.scope).await?;
+    if !v.ok {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "audit_chain_broken",
+            "the chain is broken; a checkpoint of it would anchor the tampering (see GET /v1/audit/verify)",
+        ));
+    }
+    let seq = v.entries;
+    let hash = match store.audit_hash_at(&p.scope, seq).await? {
+        Some(h) => h,
+        None => paddock_store::audit::GENESIS.to_owned(),
+    };
+    Ok(Json(paddock_types::api::AuditCheckpoint {
+        org: p.scope.org.clone(),
+        workspace: p.scope.workspace.clone(),
+        seq,
+        hash,
+        at: now_ms(),
+    })
+    .into_response())
 }
 
 #[cfg(test)]

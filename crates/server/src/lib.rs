@@ -221,6 +221,12 @@ fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
             Some(P::AuditRead),
             get(audit::verify_audit),
         ),
+        r(
+            Method::GET,
+            "/v1/audit/checkpoint",
+            Some(P::AuditRead),
+            get(audit::audit_checkpoint),
+        ),
         // Members, login sessions and orgs (`members`). The session routes are public: logging
         // in needs no key, and logging out authenticates the session it ends.
         r(

@@ -390,8 +390,13 @@ fn add_audit(doc: &mut Value) {
                 param("cursor", "query", "from a previous page's next_cursor (a seq)", json!({"type": "string"})),
                 param("limit", "query", "page size (1-1000, default 100)", json!({"type": "integer"}))],
             "responses": with_errors(json_ok("200", "a page of entries", page_of("AuditEntry")), &[400])}},
-        "/v1/audit/verify": {"get": {"summary": "Recompute every hash and link of the workspace's chain; names the first broken entry",
-            "responses": json_ok("200", "the verdict", r("AuditVerify"))}}
+        "/v1/audit/verify": {"get": {"summary": "Recompute every hash and link of the workspace's chain; names the first broken entry. With a checkpoint (seq and hash from GET /v1/audit/checkpoint, kept outside Paddock) it also fails if the chain was truncated below it or rewritten up to it",
+            "parameters": [
+                param("seq", "query", "checkpoint: the entry's seq", json!({"type": "integer", "minimum": 0})),
+                param("hash", "query", "checkpoint: the entry's hash (64 hex digits)", json!({"type": "string"}))],
+            "responses": with_errors(json_ok("200", "the verdict", r("AuditVerify")), &[400])}},
+        "/v1/audit/checkpoint": {"get": {"summary": "The chain's newest entry (seq, hash): store it outside Paddock and verify against it later to detect truncation or a rewrite",
+            "responses": with_errors(json_ok("200", "the checkpoint", r("AuditCheckpoint")), &[409])}}
     });
     let schemas = json!({
         "AuditEntry": {"type": "object", "required": ["seq", "at", "actor", "action", "resource", "outcome", "detail", "prev_hash", "hash"], "properties": {
@@ -406,11 +411,14 @@ fn add_audit(doc: &mut Value) {
             "detail": {"type": "object"},
             "prev_hash": {"type": "string", "description": "hash of the previous entry; 64 zeros for the first"},
             "hash": {"type": "string", "description": "hex SHA-256 of the canonical form (every field but hash, with the workspace)"}}},
+        "AuditCheckpoint": {"type": "object", "required": ["org", "workspace", "seq", "hash", "at"], "properties": {
+            "org": {"type": "string"}, "workspace": {"type": "string"}, "seq": {"type": "integer"},
+            "hash": {"type": "string"}, "at": {"type": "string", "format": "date-time"}}},
         "AuditVerify": {"type": "object", "required": ["ok", "entries"], "properties": {
             "ok": {"type": "boolean"}, "entries": {"type": "integer"},
             "first_broken": {"type": "object", "required": ["seq", "reason"], "properties": {
                 "seq": {"type": "integer"},
-                "reason": {"type": "string", "enum": ["hash mismatch", "prev_hash does not link", "sequence gap"]}}}}}
+                "reason": {"type": "string", "enum": ["hash mismatch", "prev_hash does not link", "sequence gap", "checkpoint entry missing", "checkpoint hash differs"]}}}}}
     });
     merge(doc, paths, schemas);
 }

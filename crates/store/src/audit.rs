@@ -140,3 +140,30 @@ impl Verifier {
         }
     }
 }
+
+/// Holds `verdict` (of the whole chain) against a checkpoint taken earlier: the chain must still
+/// reach the checkpoint's entry (`at_seq`: the hash of entry `seq` now, if it exists) with the
+/// same hash. Seq 0 is the empty trail's checkpoint and always holds.
+pub fn against_checkpoint(
+    verdict: AuditVerify,
+    seq: u64,
+    hash: &str,
+    at_seq: Option<&str>,
+) -> AuditVerify {
+    if !verdict.ok || seq == 0 {
+        return verdict;
+    }
+    let reason = match at_seq {
+        None => "checkpoint entry missing",
+        Some(h) if h != hash => "checkpoint hash differs",
+        Some(_) => return verdict,
+    };
+    AuditVerify {
+        ok: false,
+        entries: verdict.entries.min(seq.saturating_sub(1)),
+        first_broken: Some(paddock_types::api::AuditBreak {
+            seq,
+            reason: reason.to_owned(),
+        }),
+    }
+}

@@ -430,6 +430,23 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Page<AuditEntry>>;
     /// Recomputes every hash and link of the workspace's chain in one pass.
     async fn verify_audit(&self, scope: &Scope) -> Result<AuditVerify>;
+    /// The hash of the workspace's entry `seq`, if the chain has it (to hold the chain against
+    /// a checkpoint, [`audit::against_checkpoint`]).
+    async fn audit_hash_at(&self, scope: &Scope, seq: u64) -> Result<Option<String>> {
+        if seq == 0 {
+            return Ok(None);
+        }
+        let cursor = (seq - 1).to_string();
+        let page = self
+            .list_audit(scope, &AuditFilter::default(), Some(&cursor), 1)
+            .await?;
+        Ok(page
+            .data
+            .into_iter()
+            .next()
+            .filter(|e| e.seq == seq)
+            .map(|e| e.hash))
+    }
     /// Every workspace that has audit entries (for the offline verify), no end-user.
     async fn audit_workspaces(&self) -> Result<Vec<Scope>>;
 

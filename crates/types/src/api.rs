@@ -377,6 +377,21 @@ pub struct AuditVerify {
     pub first_broken: Option<AuditBreak>,
 }
 
+/// A workspace's audit chain at one moment: its newest entry's `seq` and `hash`
+/// (`GET /v1/audit/checkpoint`). Kept outside Paddock (a ticket, a log system, a printout), it
+/// anchors the chain: `GET /v1/audit/verify?seq=&hash=` then also fails if the chain was
+/// truncated below `seq` or rewritten up to it, which the chain alone cannot show.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditCheckpoint {
+    pub org: crate::OrgId,
+    pub workspace: crate::WorkspaceId,
+    /// 0 (with the genesis hash) for an empty trail.
+    pub seq: u64,
+    pub hash: String,
+    #[serde(with = "crate::time::serde_rfc3339")]
+    pub at: Millis,
+}
+
 /// The first entry where the chain breaks, and why: `hash mismatch`, `prev_hash does not link`
 /// or `sequence gap` (then `seq` is the missing one).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -70,6 +70,54 @@ async fn offline_verify_finds_an_edited_entry_in_a_live_data_folder() {
     ]);
     assert_eq!(String::from_utf8_lossy(&list.stdout).lines().count(), 3);
 
+    // A checkpoint, kept outside, verifies while the chain is intact (online and offline).
+    let cp = paddock(&[
+        "audit",
+        "--server",
+        &url,
+        "--api-key",
+        server.admin_key(),
+        "checkpoint",
+    ]);
+    assert!(
+        cp.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cp.stderr)
+    );
+    let saved: serde_json::Value = serde_json::from_slice(&cp.stdout).unwrap();
+    assert_eq!(saved["seq"], 4, "{saved}");
+    let cp_file = server.data_dir().parent().unwrap().join("checkpoint.json");
+    std::fs::write(&cp_file, &cp.stdout).unwrap();
+    let cp_path = cp_file.to_str().unwrap();
+    let held = paddock(&[
+        "audit",
+        "--server",
+        &url,
+        "--api-key",
+        server.admin_key(),
+        "verify",
+        "--checkpoint",
+        cp_path,
+    ]);
+    assert!(
+        held.status.success(),
+        "{}",
+        String::from_utf8_lossy(&held.stdout)
+    );
+    let held = paddock(&[
+        "audit",
+        "verify",
+        "--data-dir",
+        &data,
+        "--checkpoint",
+        cp_path,
+    ]);
+    assert!(
+        held.status.success(),
+        "{}",
+        String::from_utf8_lossy(&held.stdout)
+    );
+
     // Tamper with entry 2 behind the server's back.
     let db = rusqlite::Connection::open(server.data_dir().join("paddock.db")).unwrap();
     db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
@@ -104,6 +152,35 @@ async fn offline_verify_finds_an_edited_entry_in_a_live_data_folder() {
     assert_eq!(
         v["first_broken"],
         json!({"seq": 2, "reason": "hash mismatch"})
+    );
+
+    // Deleting the newest entries leaves a chain that verifies on its own; the checkpoint
+    // catches it.
+    let db = rusqlite::Connection::open(server.data_dir().join("paddock.db")).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+    db.execute("UPDATE audit SET resource = 'secret/one' WHERE seq = 2", [])
+        .unwrap();
+    db.execute("DELETE FROM audit WHERE seq >= 3", []).unwrap();
+    drop(db);
+    let out = paddock(&["audit", "verify", "--data-dir", &data]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = paddock(&[
+        "audit",
+        "verify",
+        "--data-dir",
+        &data,
+        "--checkpoint",
+        cp_path,
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "truncation went unnoticed: {stdout}");
+    assert!(
+        stdout.contains("BROKEN at seq 4: checkpoint entry missing"),
+        "{stdout}"
     );
 }
 

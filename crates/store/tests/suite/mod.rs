@@ -456,10 +456,103 @@ async fn audit_verify_offline_reads_beside_a_running_store() {
     chained(dir.path()).await;
     // The store stays open (holding the folder lock) while the offline verify reads.
     let store = SqliteStore::open(dir.path()).unwrap();
-    let all = paddock_store::sqlite::verify_audit_offline(dir.path()).unwrap();
+    let all = paddock_store::sqlite::verify_audit_offline(dir.path(), &[]).unwrap();
     assert_eq!(all.len(), 2);
     assert!(all.iter().all(|(_, v)| v.ok));
     assert_eq!(all.iter().map(|(_, v)| v.entries).sum::<u64>(), 11);
     drop(store);
-    assert!(paddock_store::sqlite::verify_audit_offline(&dir.path().join("none")).is_err());
+    assert!(paddock_store::sqlite::verify_audit_offline(&dir.path().join("none"), &[]).is_err());
+}
+
+/// What the chain alone cannot show (the newest entries deleted, or the newest rewritten with
+/// recomputed hashes), a checkpoint kept outside shows, online and offline.
+#[tokio::test]
+async fn audit_checkpoints_catch_truncation_and_a_rewritten_tail() {
+    let s = Scope::default_workspace();
+    for tamper in ["truncate", "rewrite"] {
+        let dir = tempfile::tempdir().unwrap();
+        chained(dir.path()).await;
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let all = store
+            .list_audit(&s, &Default::default(), None, 100)
+            .await
+            .unwrap()
+            .data;
+        let last = all.last().unwrap().clone();
+        assert_eq!(
+            store.audit_hash_at(&s, last.seq).await.unwrap(),
+            Some(last.hash.clone())
+        );
+        assert_eq!(store.audit_hash_at(&s, last.seq + 1).await.unwrap(), None);
+        drop(store);
+        let checkpoint = paddock_types::api::AuditCheckpoint {
+            org: s.org.clone(),
+            workspace: s.workspace.clone(),
+            seq: last.seq,
+            hash: last.hash.clone(),
+            at: last.at,
+        };
+        let db = rusqlite::Connection::open(dir.path().join("paddock.db")).unwrap();
+        let expected = if tamper == "truncate" {
+            db.execute(
+                "DELETE FROM audit WHERE workspace = 'ws_default' AND seq >= ?1",
+                [last.seq as i64 - 1],
+            )
+            .unwrap();
+            "checkpoint entry missing"
+        } else {
+            let detail = serde_json::to_string(&last.detail).unwrap();
+            let key = last.actor.key_id.as_ref().map(|k| k.to_string());
+            let forged = paddock_store::audit::Canonical {
+                v: 1,
+                org: "org_default",
+                workspace: "ws_default",
+                seq: last.seq,
+                at: last.at,
+                actor_kind: &last.actor.kind,
+                actor_key_id: key.as_deref(),
+                actor_role: last.actor.role.map(|r| r.as_str()),
+                actor_end_user: None,
+                action: "nothing.happened",
+                resource: &last.resource,
+                outcome: &last.outcome,
+                ip: last.ip.as_deref(),
+                user_agent: last.user_agent.as_deref(),
+                detail: &detail,
+                prev_hash: &last.prev_hash,
+            };
+            db.execute(
+                "UPDATE audit SET action = 'nothing.happened', hash = ?1 \
+                 WHERE workspace = 'ws_default' AND seq = ?2",
+                rusqlite::params![forged.hash(), last.seq as i64],
+            )
+            .unwrap();
+            "checkpoint hash differs"
+        };
+        drop(db);
+        // The chain alone still verifies…
+        let plain = verify(dir.path()).await;
+        assert!(plain.ok, "{tamper}: {plain:?}");
+        // …the checkpoint does not, offline and online.
+        let offline = paddock_store::sqlite::verify_audit_offline(
+            dir.path(),
+            std::slice::from_ref(&checkpoint),
+        )
+        .unwrap();
+        let (_, v) = offline
+            .iter()
+            .find(|(scope, _)| *scope == s)
+            .unwrap()
+            .clone();
+        assert_eq!(broken(&v), (last.seq, expected.to_owned()), "{tamper}");
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let at = store.audit_hash_at(&s, checkpoint.seq).await.unwrap();
+        let online = paddock_store::audit::against_checkpoint(
+            store.verify_audit(&s).await.unwrap(),
+            checkpoint.seq,
+            &checkpoint.hash,
+            at.as_deref(),
+        );
+        assert_eq!(broken(&online), (last.seq, expected.to_owned()), "{tamper}");
+    }
 }
