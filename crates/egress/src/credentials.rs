@@ -318,8 +318,10 @@ impl Redactor {
             return None;
         }
         let max_len = needles.iter().map(Vec::len).max().unwrap_or(0);
+        // Never a DFA: for a few long values (a 64 KiB secret) building one takes minutes.
         let ac = AhoCorasick::builder()
             .match_kind(MatchKind::LeftmostLongest)
+            .kind(Some(aho_corasick::AhoCorasickKind::ContiguousNFA))
             .build(&needles)
             .ok()?;
         Some(Self {
