@@ -93,13 +93,8 @@ pub async fn end_users(
             return Ok(ExitCode::SUCCESS);
         }
     };
-    if output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+    let Some(rows) = rows(v, output)? else {
         return Ok(ExitCode::SUCCESS);
-    }
-    let rows = match v["data"].as_array() {
-        Some(rows) => rows.clone(),
-        None => vec![v],
     };
     for u in rows {
         println!(
@@ -153,13 +148,8 @@ pub async fn budgets(
             return Ok(ExitCode::SUCCESS);
         }
     };
-    if output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+    let Some(rows) = rows(v, output)? else {
         return Ok(ExitCode::SUCCESS);
-    }
-    let rows = match v["data"].as_array() {
-        Some(rows) => rows.clone(),
-        None => vec![v],
     };
     for b in rows {
         let whom = b["agent"]
@@ -186,11 +176,12 @@ pub async fn budgets(
 pub async fn usage(
     server: &str,
     token: Option<&str>,
+    end_user: Option<&str>,
     query: &[(&str, Option<String>)],
     output: Output,
 ) -> Result<ExitCode> {
     let base = server.trim_end_matches('/');
-    let http = http_client(token)?;
+    let http = crate::client::http_client_as(token, end_user)?;
     let params: Vec<(&str, String)> = query
         .iter()
         .filter_map(|(k, v)| v.clone().map(|v| (*k, v)))
@@ -222,6 +213,19 @@ pub async fn usage(
     total["agent"] = json!("total");
     println!("{}", row(&total));
     Ok(ExitCode::SUCCESS)
+}
+
+/// With `--output json`, prints the answer and returns `None`; else the listed rows (a
+/// listing's `data`, or the one object created).
+fn rows(v: Value, output: Output) -> Result<Option<Vec<Value>>> {
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(None);
+    }
+    Ok(Some(match v["data"].as_array() {
+        Some(rows) => rows.clone(),
+        None => vec![v],
+    }))
 }
 
 fn text(v: &Value) -> &str {

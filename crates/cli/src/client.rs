@@ -85,7 +85,17 @@ pub async fn send(base: &str, req: reqwest::RequestBuilder) -> Result<serde_json
 
 /// An HTTP client that sends `api_key` as a bearer token on every request.
 pub fn http_client(api_key: Option<&str>) -> Result<reqwest::Client> {
+    http_client_as(api_key, None)
+}
+
+/// [`http_client`] acting for an end-user of the key's workspace (`Paddock-End-User`).
+pub fn http_client_as(api_key: Option<&str>, end_user: Option<&str>) -> Result<reqwest::Client> {
     let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(eu) = end_user {
+        let value = reqwest::header::HeaderValue::from_str(eu)
+            .context("--end-user contains characters that cannot be sent in a header")?;
+        headers.insert("paddock-end-user", value);
+    }
     if let Some(key) = api_key.filter(|k| !k.is_empty()) {
         let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
             .context("the API key contains characters that cannot be sent in a header")?;
@@ -101,11 +111,12 @@ pub fn http_client(api_key: Option<&str>) -> Result<reqwest::Client> {
 pub async fn runs(
     server: &str,
     api_key: Option<&str>,
+    end_user: Option<&str>,
     action: RunsAction,
     output: Output,
 ) -> Result<ExitCode> {
     let base = server.trim_end_matches('/');
-    let http = http_client(api_key)?;
+    let http = http_client_as(api_key, end_user)?;
     let req = match &action {
         RunsAction::Get { id, wait } => {
             let mut r = http.get(format!("{base}/v1/runs/{id}"));

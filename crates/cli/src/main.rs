@@ -100,6 +100,10 @@ enum Command {
     Runs {
         #[command(flatten)]
         remote: Remote,
+        /// Act for this end-user of the key's workspace (`eu_…` or its external id): see and
+        /// create only its runs, secrets and usage
+        #[arg(long, env = "PADDOCK_END_USER", global = true)]
+        end_user: Option<String>,
         #[command(subcommand)]
         action: client::RunsAction,
     },
@@ -107,6 +111,10 @@ enum Command {
     Secrets {
         #[command(flatten)]
         remote: Remote,
+        /// Act for this end-user of the key's workspace (`eu_…` or its external id): see and
+        /// create only its runs, secrets and usage
+        #[arg(long, env = "PADDOCK_END_USER", global = true)]
+        end_user: Option<String>,
         #[command(subcommand)]
         action: secrets::SecretsAction,
     },
@@ -158,6 +166,10 @@ enum Command {
     Usage {
         #[command(flatten)]
         remote: Remote,
+        /// Act for this end-user of the key's workspace (`eu_…` or its external id): see and
+        /// create only its runs, secrets and usage
+        #[arg(long, env = "PADDOCK_END_USER", global = true)]
+        end_user: Option<String>,
         /// First UTC day, YYYY-MM-DD (default: 29 days before --to)
         #[arg(long)]
         from: Option<String>,
@@ -279,19 +291,29 @@ async fn dispatch(cli: Cli) -> Result<std::process::ExitCode> {
             )
             .await
         }
-        Command::Runs { remote, action } => {
+        Command::Runs {
+            remote,
+            end_user,
+            action,
+        } => {
             client::runs(
                 &remote.server,
                 remote.token().as_deref(),
+                end_user.as_deref(),
                 action,
                 remote.output,
             )
             .await
         }
-        Command::Secrets { remote, action } => {
+        Command::Secrets {
+            remote,
+            end_user,
+            action,
+        } => {
             secrets::secrets(
                 &remote.server,
                 remote.token().as_deref(),
+                end_user.as_deref(),
                 action,
                 remote.output,
             )
@@ -334,6 +356,7 @@ async fn dispatch(cli: Cli) -> Result<std::process::ExitCode> {
         }
         Command::Usage {
             remote,
+            end_user,
             from,
             to,
             group_by,
@@ -343,6 +366,7 @@ async fn dispatch(cli: Cli) -> Result<std::process::ExitCode> {
             billing::usage(
                 &remote.server,
                 remote.token().as_deref(),
+                end_user.as_deref(),
                 &[
                     ("from", from),
                     ("to", to),

@@ -26,11 +26,12 @@ pub enum SecretsAction {
 pub async fn secrets(
     server: &str,
     api_key: Option<&str>,
+    end_user: Option<&str>,
     action: SecretsAction,
     output: Output,
 ) -> Result<ExitCode> {
     let base = server.trim_end_matches('/');
-    let http = crate::client::http_client(api_key)?;
+    let http = crate::client::http_client_as(api_key, end_user)?;
     let value = match action {
         SecretsAction::Set { name, value } => {
             let value = match value {

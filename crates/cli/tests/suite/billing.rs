@@ -163,4 +163,25 @@ async fn an_end_users_budget_stops_its_runs_and_usage_is_reported_per_end_user()
     let (ok, table, err) = paddock(&server, &["usage"]);
     assert!(ok, "{err}");
     assert!(table.contains("total"), "{table}");
+
+    // The CLI acts for an end-user too: Bob sees his run, not Alice's.
+    let (alice_run, bob_run) = (
+        stopped["id"].as_str().unwrap(),
+        bobs["id"].as_str().unwrap(),
+    );
+    let (ok, listed, err) = paddock(
+        &server,
+        &["runs", "list", "--end-user", "bob", "--output", "json"],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        listed.contains(bob_run) && !listed.contains(alice_run),
+        "{listed}"
+    );
+    let (ok, _, err) = paddock(&server, &["runs", "get", alice_run, "--end-user", "bob"]);
+    assert!(!ok && err.contains("404"), "{err}");
+    let (ok, usage, err) = paddock(&server, &["usage", "--end-user", "bob", "--output", "json"]);
+    assert!(ok, "{err}");
+    let usage: Value = serde_json::from_str(&usage).unwrap();
+    assert_eq!(usage["total"]["model_calls"], 3, "{usage}");
 }
