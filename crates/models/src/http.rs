@@ -232,9 +232,18 @@ impl HttpProvider {
         }
     }
 
-    /// The configured price of `model`, if any.
-    pub fn price(&self, model: &str) -> Option<&Price> {
-        self.prices.get(model)
+    /// The most a token of `model` can be billed: its configured price, or, when the requested
+    /// name is not in the table but others are (a call billed under a dated variant the
+    /// provider reports, see [`HttpProvider::cost`]), the dearest input and output prices of
+    /// the table. None when the provider has no prices at all.
+    pub fn max_price(&self, model: &str) -> Option<Price> {
+        if let Some(p) = self.prices.get(model) {
+            return Some(*p);
+        }
+        self.prices.values().copied().reduce(|a, b| Price {
+            input_per_mtok: a.input_per_mtok.max(b.input_per_mtok),
+            output_per_mtok: a.output_per_mtok.max(b.output_per_mtok),
+        })
     }
 
     /// Price by the requested name first, then by the name the provider reports (often a dated

@@ -148,11 +148,11 @@ impl Models {
         self
     }
 
-    fn price(&self, provider: &str, model: &str) -> Option<&Price> {
+    fn max_price(&self, provider: &str, model: &str) -> Option<Price> {
         if provider == SCRIPTED {
-            self.scripted_prices.get(model)
+            self.scripted_prices.get(model).copied()
         } else {
-            self.providers.get(provider)?.price(model)
+            self.providers.get(provider)?.max_price(model)
         }
     }
 
@@ -163,7 +163,7 @@ impl Models {
     pub fn max_cost_usd(&self, provider: &str, req: &ModelRequest<'_>) -> f64 {
         /// Tokens a provider may add around each message and for the request's framing.
         const FRAMING_TOKENS: u64 = 16;
-        let Some(price) = self.price(provider, req.model) else {
+        let Some(price) = self.max_price(provider, req.model) else {
             return 0.0;
         };
         let bytes = |v: Result<Vec<u8>, serde_json::Error>| v.map_or(0, |v| v.len() as u64);
@@ -171,7 +171,7 @@ impl Models {
             + bytes(serde_json::to_vec(req.tools))
             + FRAMING_TOKENS * (req.messages.len() as u64 + 1);
         cost_usd(
-            price,
+            &price,
             &paddock_types::Usage {
                 input_tokens: input,
                 output_tokens: u64::from(req.max_output_tokens),

@@ -220,7 +220,11 @@ pub(crate) async fn require(State(g): State<Guard>, mut req: Request, next: Next
                 outcome.note = response.extensions_mut().remove::<audit::AuditNote>();
                 response
             }
-            Err(e) => e.into_response(),
+            Err(e) => {
+                let response = e.into_response();
+                outcome.status = response.status();
+                response
+            }
         }
     } else {
         forbidden(format!(
@@ -374,6 +378,9 @@ pub(crate) async fn create_key(
     };
     let mut response = (StatusCode::CREATED, Json(body)).into_response();
     response.extensions_mut().insert(note);
+    response
+        .extensions_mut()
+        .insert(crate::idempotency::ShownOnce);
     Ok(response)
 }
 

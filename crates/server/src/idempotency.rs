@@ -68,6 +68,12 @@ async fn run(st: &AppState, req: Request, next: Next) -> Result<Response, ApiErr
     let key = parse_key(value)?;
     let (mut parts, body) = req.into_parts();
     let scope = Principal::from_request_parts(&mut parts, &()).await?.scope;
+    // Keys are the workspace's, but each end-user acting through a key has its own: one
+    // end-user's retry must never be answered with another's response.
+    let key = match &scope.end_user {
+        Some(eu) => format!("{eu}/{key}"),
+        None => key,
+    };
     let bytes = to_bytes(body, BODY_LIMIT).await.map_err(|_| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -115,6 +121,28 @@ async fn run(st: &AppState, req: Request, next: Next) -> Result<Response, ApiErr
         }
         return Ok(response);
     }
+    if response.extensions().get::<ShownOnce>().is_some() {
+        // The answer holds a secret shown once (a new key): it is not kept in the database.
+        // A retry learns the request succeeded, not the secret.
+        let stored = IdempotentResponse {
+            status: StatusCode::CONFLICT.as_u16(),
+            content_type: Some("application/problem+json".to_owned()),
+            location: None,
+            body: serde_json::to_vec(&ApiError::new(
+                StatusCode::CONFLICT,
+                "idempotency_key_used",
+                "a request with this Idempotency-Key already succeeded; its answer held a secret that is shown only once and was not kept",
+            ).problem())
+            .unwrap_or_default(),
+        };
+        if let Err(e) = store
+            .complete_idempotency(&scope, &key, &hash, stored)
+            .await
+        {
+            tracing::error!(error = %e, "cannot store an idempotent response");
+        }
+        return Ok(response);
+    }
     let (parts, body) = response.into_parts();
     let body = match to_bytes(body, usize::MAX).await {
         Ok(b) => b,
@@ -152,6 +180,10 @@ async fn run(st: &AppState, req: Request, next: Next) -> Result<Response, ApiErr
     }
     Ok(Response::from_parts(parts, Body::from(body)))
 }
+
+/// Marks a response that carries a secret shown only once: [`layer`] does not store it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ShownOnce;
 
 fn replay(stored: IdempotentResponse) -> Response {
     let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);

@@ -105,26 +105,31 @@ impl Sessions {
         self.failures.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// `Some(retry after)` while `email` is throttled.
-    fn throttled(&self, email: &str) -> Option<Duration> {
-        let map = self.lock();
-        let f = map.get(email)?;
-        let elapsed = f.since.elapsed();
-        (f.count >= self.settings.max_failures && elapsed < self.settings.window)
-            .then(|| self.settings.window - elapsed)
+    /// Counts a login attempt for `email` before its password is checked, or answers
+    /// `Err(retry after)` while the email is throttled. Checking and counting in one step means
+    /// parallel guesses cannot all slip in before the first failure is counted; a success
+    /// clears the count ([`Sessions::succeeded`]).
+    fn attempt(&self, email: &str) -> Result<(), Duration> {
+        let mut map = self.lock();
+        if let Some(f) = map.get(email) {
+            let elapsed = f.since.elapsed();
+            if f.count >= self.settings.max_failures && elapsed < self.settings.window {
+                return Err(self.settings.window - elapsed);
+            }
+        }
+        Self::count(&mut map, email, self.settings.window);
+        Ok(())
     }
 
-    fn failed(&self, email: &str) {
-        let mut map = self.lock();
+    fn count(map: &mut HashMap<String, Failures>, email: &str, window: Duration) {
         if map.len() >= THROTTLE_SWEEP_AT {
-            let window = self.settings.window;
             map.retain(|_, f| f.since.elapsed() < window);
         }
         let f = map.entry(email.to_owned()).or_insert(Failures {
             count: 0,
             since: Instant::now(),
         });
-        if f.since.elapsed() >= self.settings.window {
+        if f.since.elapsed() >= window {
             *f = Failures {
                 count: 0,
                 since: Instant::now(),
@@ -227,8 +232,33 @@ fn internal(what: &str) -> ApiError {
     )
 }
 
+/// Argon2 runs at most this many at once (each takes ~19 MiB and a core for tens of
+/// milliseconds): a flood of logins queues here instead of exhausting memory and the blocking
+/// pool the store's reads share. A login that waits longer than [`HASHING_WAIT`] gets 503.
+fn hashing() -> &'static tokio::sync::Semaphore {
+    static HASHING: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
+    HASHING.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        tokio::sync::Semaphore::new(cores)
+    })
+}
+
+const HASHING_WAIT: Duration = Duration::from_secs(10);
+
+async fn hashing_permit() -> Result<tokio::sync::SemaphorePermit<'static>, ApiError> {
+    match tokio::time::timeout(HASHING_WAIT, hashing().acquire()).await {
+        Ok(Ok(p)) => Ok(p),
+        _ => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "too many password checks at once; retry shortly",
+        )),
+    }
+}
+
 /// The PHC string of `password` with a fresh salt and argon2id's default parameters.
 pub async fn hash_password(password: String) -> Result<String, ApiError> {
+    let _permit = hashing_permit().await?;
     tokio::task::spawn_blocking(move || {
         let salt = SaltString::generate(&mut OsRng);
         Argon2::default()
@@ -256,6 +286,7 @@ fn dummy_hash() -> &'static str {
 /// Which of `hashes` `password` matches (a malformed stored hash matches nothing). With no
 /// hashes, verifies against the dummy so the time spent is the same.
 async fn verify_passwords(password: String, hashes: Vec<String>) -> Result<Vec<bool>, ApiError> {
+    let _permit = hashing_permit().await?;
     tokio::task::spawn_blocking(move || {
         let verify = |stored: &str| {
             PasswordHash::new(stored)
@@ -416,7 +447,7 @@ async fn login(st: &AppState, req: Request) -> Result<Response, ApiError> {
     }
     let email = norm_email(&body.email);
     let sessions = &st.sessions;
-    if let Some(wait) = sessions.throttled(&email) {
+    if let Err(wait) = sessions.attempt(&email) {
         tracing::warn!("login throttled after repeated failures");
         let mut r = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -448,21 +479,25 @@ async fn login(st: &AppState, req: Request) -> Result<Response, ApiError> {
         }
     }
     let Some((org, member)) = matched.first().cloned() else {
-        sessions.failed(&email);
         tracing::info!("login failed");
-        for (org, m) in &candidates {
-            if let Some(scope) = failure_scope(st, org, m, body.workspace.as_ref()).await {
-                audit::record_auth_failed(
-                    st,
-                    &scope,
-                    &Actor::Member(m.id.clone()),
-                    m.role,
-                    origin.clone(),
-                    "wrong password",
-                )
-                .await;
+        // Recorded off the answer's path: waiting for these writes would make a known email's
+        // failure slower than an unknown one's.
+        let (st, asked) = (st.clone(), body.workspace.clone());
+        tokio::spawn(async move {
+            for (org, m) in &candidates {
+                if let Some(scope) = failure_scope(&st, org, m, asked.as_ref()).await {
+                    audit::record_auth_failed(
+                        &st,
+                        &scope,
+                        &Actor::Member(m.id.clone()),
+                        m.role,
+                        origin.clone(),
+                        "wrong password",
+                    )
+                    .await;
+                }
             }
-        }
+        });
         return Err(bad_login());
     };
     if matched.len() > 1 {
@@ -787,6 +822,9 @@ pub(crate) async fn create_org(
     };
     let mut response = (StatusCode::CREATED, Json(body)).into_response();
     response.extensions_mut().insert(note);
+    response
+        .extensions_mut()
+        .insert(crate::idempotency::ShownOnce);
     Ok(response)
 }
 
@@ -936,13 +974,14 @@ mod tests {
             max_failures: 2,
             ..SessionSettings::default()
         });
-        assert!(s.throttled("a").is_none());
-        s.failed("a");
-        assert!(s.throttled("a").is_none());
-        s.failed("a");
-        assert!(s.throttled("a").is_some());
-        assert!(s.throttled("b").is_none());
+        assert!(s.attempt("a").is_ok());
+        assert!(s.attempt("a").is_ok());
+        assert!(
+            s.attempt("a").is_err(),
+            "a third attempt before any success"
+        );
+        assert!(s.attempt("b").is_ok());
         s.succeeded("a");
-        assert!(s.throttled("a").is_none());
+        assert!(s.attempt("a").is_ok());
     }
 }

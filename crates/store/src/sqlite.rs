@@ -654,16 +654,12 @@ impl Store for SqliteStore {
     }
 
     async fn create_budget(&self, scope: &Scope, budget: Budget) -> Result<Budget> {
+        // Raised first and never lowered on an error: the write may have committed even if its
+        // answer was lost, and over-counting costs only a reservation write.
         self.count_budgets(scope, 1);
-        let written = {
-            let scope = scope.clone();
-            self.write(move |conn| Ok((usage::create(conn, &scope, &budget)?, None)))
-                .await
-        };
-        if written.is_err() {
-            self.count_budgets(scope, -1);
-        }
-        written
+        let scope = scope.clone();
+        self.write(move |conn| Ok((usage::create(conn, &scope, &budget)?, None)))
+            .await
     }
 
     async fn list_budgets(&self, scope: &Scope) -> Result<Vec<Budget>> {

@@ -146,8 +146,66 @@ async fn a_replay_returns_the_stored_response() {
     let key = json!({"name": "ci", "role": "viewer"});
     let k1 = post(&app.app, &app.key, "/v1/keys", Some("key-1"), &key).await;
     assert_eq!(k1.status, StatusCode::CREATED, "{}", k1.body);
+    // A new key's secret is shown once and never kept: a retry learns that the request
+    // succeeded, not the secret, and no second key is made.
     let k2 = post(&app.app, &app.key, "/v1/keys", Some("key-1"), &key).await;
-    assert_eq!(k2.body["key"]["id"], k1.body["key"]["id"]);
+    assert_eq!(k2.status, StatusCode::CONFLICT, "{}", k2.body);
+    assert_eq!(k2.body["code"], "idempotency_key_used");
+    assert_eq!(k2.headers["idempotent-replayed"], "true");
+    let secret = k1.body["secret"].as_str().unwrap();
+    assert!(!k2.body.to_string().contains(secret));
+    let req = Request::get("/v1/keys")
+        .header(header::AUTHORIZATION, format!("Bearer {}", app.key))
+        .body(Body::empty())
+        .unwrap();
+    let (_, _, keys) = app.request(req).await;
+    let named_ci = keys["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["name"] == "ci")
+        .count();
+    assert_eq!(named_ci, 1, "{keys}");
+}
+
+#[tokio::test]
+async fn each_end_user_has_its_own_keys() {
+    let app = TestApp::new().await;
+    for external_id in ["ann", "ben"] {
+        let r = post(
+            &app.app,
+            &app.key,
+            "/v1/end-users",
+            None,
+            &json!({"external_id": external_id}),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    }
+    let as_user = |eu: &'static str| {
+        let app = &app;
+        async move {
+            let req = Request::post("/v1/runs")
+                .header(header::AUTHORIZATION, format!("Bearer {}", app.key))
+                .header(header::CONTENT_TYPE, "application/json")
+                .header("Idempotency-Key", "same-key")
+                .header("Paddock-End-User", eu)
+                .body(Body::from(serde_json::to_vec(&run_body("hi")).unwrap()))
+                .unwrap();
+            let (status, _, body) = app.request(req).await;
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+            body
+        }
+    };
+    let ann = as_user("ann").await;
+    let ben = as_user("ben").await;
+    // Ben's identical request under the same key is his own run, not a replay of Ann's.
+    assert_ne!(ann["id"], ben["id"]);
+    assert_eq!(
+        as_user("ann").await["id"],
+        ann["id"],
+        "Ann's retry replays hers"
+    );
 }
 
 #[tokio::test]
