@@ -197,6 +197,10 @@ pub enum KeysAction {
         /// Create it in another workspace of your org (owner keys only)
         #[arg(long)]
         workspace: Option<String>,
+        /// Narrow the key to these permissions (repeat, or comma-separate), e.g.
+        /// `--scope runs:create,runs:read`; default: all of its role's
+        #[arg(long = "scope", value_delimiter = ',')]
+        scopes: Vec<String>,
     },
     /// List the workspace's keys (never their secrets)
     List,
@@ -235,8 +239,12 @@ async fn keys(
             role,
             expires_in,
             workspace,
+            scopes,
         } => {
             let mut body = json!({"name": name, "role": role});
+            if !scopes.is_empty() {
+                body["scopes"] = json!(scopes);
+            }
             if let Some(d) = expires_in {
                 body["expires_in_secs"] = json!(d.as_secs().max(1));
             }

@@ -205,6 +205,7 @@ async fn auth_overhead(runtime: &crate::serve::Runtime, scope: &Scope, run: &Run
         expires_at: None,
         revoked_at: None,
         last_used_at: None,
+        scopes: None,
     };
     store.create_api_key(scope, key.clone()).await?;
     let state = paddock_server::AppState {

@@ -353,6 +353,7 @@ pub async fn bootstrap_admin_key(store: &DynStore) -> Result<()> {
         expires_at: None,
         revoked_at: None,
         last_used_at: None,
+        scopes: None,
     };
     store.create_api_key(&scope, record).await?;
     if supplied.is_some() {

@@ -31,6 +31,9 @@ pub struct Principal {
     pub actor: Actor,
     pub role: Role,
     pub scope: Scope,
+    /// A key narrowed to these permissions (within its role); `None` for every permission of
+    /// the role (and for sessions).
+    pub scopes: Option<Vec<Permission>>,
 }
 
 /// What authenticated a request.
@@ -58,7 +61,15 @@ impl Principal {
             actor: Actor::Key(key_id),
             role,
             scope,
+            scopes: None,
         }
+    }
+
+    /// Whether the caller may use `permission`: its role holds it (the one table) and, for a
+    /// key narrowed to scopes, the scopes name it.
+    pub fn may(&self, permission: Permission) -> bool {
+        allowed(self.role, permission)
+            && self.scopes.as_ref().is_none_or(|s| s.contains(&permission))
     }
 
     /// Whether the caller is a member's login session rather than an API key.
@@ -162,7 +173,10 @@ pub(crate) async fn authenticate(
             }
         });
     }
-    Ok(Principal::key(key.id, key.role, scope))
+    Ok(Principal {
+        scopes: key.scopes,
+        ..Principal::key(key.id, key.role, scope)
+    })
 }
 
 /// What the middleware of one route knows about it.
@@ -210,7 +224,7 @@ pub(crate) async fn require(State(g): State<Guard>, mut req: Request, next: Next
         note: None,
     };
     let mut principal = principal;
-    let response = if allowed(principal.role, g.permission) {
+    let response = if principal.may(g.permission) {
         match crate::billing::acting_for(st, &principal, g.permission, req.headers()).await {
             Ok(end_user) => {
                 principal.scope.end_user = end_user;
@@ -276,6 +290,7 @@ fn info(scope: &Scope, k: KeyRecord) -> ApiKeyInfo {
         expires_at: k.expires_at,
         revoked_at: k.revoked_at,
         last_used_at: k.last_used_at,
+        scopes: k.scopes,
     }
 }
 
@@ -333,6 +348,40 @@ pub(crate) async fn create_key(
         // The store refuses a workspace outside the org (404) in the insert's own transaction.
         scope.workspace = ws;
     }
+    // Scopes narrow within the new key's role, and a key never mints wider than itself: a
+    // scoped key's keys are scoped, to a subset of its own scopes.
+    if let Some(scopes) = &req.scopes {
+        if scopes.is_empty() || scopes.len() > Permission::ALL.len() {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                "scopes must list 1 or more permissions (or be left out for the whole role)",
+            ));
+        }
+        if let Some(p) = scopes.iter().find(|p| !allowed(req.role, **p)) {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                format!("a {} key cannot hold {p}", req.role),
+            ));
+        }
+    }
+    if let Some(own) = &p.scopes {
+        let within = req
+            .scopes
+            .as_ref()
+            .is_some_and(|s| s.iter().all(|x| own.contains(x)));
+        if !within {
+            return Err(forbidden(
+                "a scoped key can only create keys scoped to a subset of its own scopes",
+            ));
+        }
+    }
+    let scopes = req.scopes.map(|mut s| {
+        s.sort();
+        s.dedup();
+        s
+    });
     let now = now_ms();
     let expires_at = match req.expires_in_secs {
         None => None,
@@ -358,6 +407,7 @@ pub(crate) async fn create_key(
         expires_at,
         revoked_at: None,
         last_used_at: None,
+        scopes,
     };
     st.engine
         .store()

@@ -379,6 +379,7 @@ pub(crate) async fn authenticate_session(
         actor: Actor::Member(member.id),
         role: member.role,
         scope,
+        scopes: None,
     })
 }
 
@@ -791,6 +792,7 @@ pub(crate) async fn create_org(
         expires_at: None,
         revoked_at: None,
         last_used_at: None,
+        scopes: None,
     };
     let (org, workspace) = st
         .engine
@@ -814,6 +816,7 @@ pub(crate) async fn create_org(
                 expires_at: None,
                 revoked_at: None,
                 last_used_at: None,
+                scopes: None,
             },
             secret,
         },

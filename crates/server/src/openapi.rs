@@ -347,6 +347,15 @@ fn add_billing(doc: &mut Value) {
             "data": {"type": "array", "items": r("UsageRow")}, "total": r("UsageRow")}}
     });
     merge(doc, paths, schemas);
+    let scopes = json!({"type": "array", "items": {"type": "string"}, "minItems": 1,
+        "description": "permissions (`resource:action`) the key is narrowed to, each held by its role; absent: all of the role's. A scoped key only creates keys scoped within its own"});
+    for schema in ["CreateKey", "ApiKeyInfo"] {
+        if let Some(Value::Object(props)) =
+            doc.pointer_mut(&format!("/components/schemas/{schema}/properties"))
+        {
+            props.insert("scopes".to_owned(), scopes.clone());
+        }
+    }
     if let Some(Value::Object(run)) = doc.pointer_mut("/components/schemas/Run/properties") {
         run.insert(
             "end_user".to_owned(),

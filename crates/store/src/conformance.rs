@@ -1680,6 +1680,7 @@ pub fn key_record(name: &str, role: Role, hash: &str) -> KeyRecord {
         expires_at: None,
         revoked_at: None,
         last_used_at: None,
+        scopes: None,
     }
 }
 

@@ -167,6 +167,8 @@ pub struct KeyRecord {
     pub expires_at: Option<Millis>,
     pub revoked_at: Option<Millis>,
     pub last_used_at: Option<Millis>,
+    /// The permissions the key is narrowed to, within its role; `None`: all of the role's.
+    pub scopes: Option<Vec<paddock_types::Permission>>,
 }
 
 /// An audit entry to append; the store assigns `seq`, `prev_hash` and `hash`.

@@ -271,6 +271,9 @@ pub struct CreateKey {
     /// caller's workspace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workspace: Option<crate::ids::WorkspaceId>,
+    /// Narrow the key to these permissions (each held by `role`). Default: all of the role's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<crate::Permission>>,
 }
 
 /// An API key as the API shows it: never its secret.
@@ -290,6 +293,9 @@ pub struct ApiKeyInfo {
     pub revoked_at: Option<Millis>,
     #[serde(default, with = "crate::time::serde_rfc3339::option")]
     pub last_used_at: Option<Millis>,
+    /// The permissions the key is narrowed to; absent: all of its role's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<crate::Permission>>,
 }
 
 /// The answer to `POST /v1/keys`: the only time the secret is ever shown.

@@ -716,3 +716,92 @@ async fn workspaces_are_listed_per_org_and_validated() {
         .collect();
     assert_eq!(ids, vec!["ws_other"]);
 }
+
+#[tokio::test]
+async fn a_scoped_key_may_use_only_its_scopes_and_mint_only_within_them() {
+    let app = TestApp::new().await;
+    let owner = app.key.clone();
+    let mint = |key: String, body: Value| {
+        let app = &app;
+        async move { call(app, &Method::POST, "/v1/keys", Some(&key), Some(body)).await }
+    };
+    let r = mint(
+        owner.clone(),
+        json!({"name": "ci", "role": "operator", "scopes": ["runs:read", "runs:create", "runs:read"]}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["key"]["scopes"], json!(["runs:create", "runs:read"]));
+    let ci = r.body["secret"].as_str().unwrap().to_owned();
+    let r = call(&app, &Method::GET, "/v1/runs", Some(&ci), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = call(
+        &app,
+        &Method::POST,
+        "/v1/runs?wait=30",
+        Some(&ci),
+        Some(json!({"agent": "notes", "input": {"mock": {"turns": [{"final": "x"}]}}})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let run = r.body["id"].as_str().unwrap().to_owned();
+    // Its role could cancel and read agents; its scopes do not let it.
+    for (method, path) in [
+        (Method::POST, format!("/v1/runs/{run}/cancel")),
+        (Method::GET, "/v1/agents".to_owned()),
+        (Method::GET, "/v1/approvals".to_owned()),
+    ] {
+        let body = (method == Method::POST).then(|| json!({}));
+        let r = call(&app, &method, &path, Some(&ci), body).await;
+        assert_eq!(
+            r.status,
+            StatusCode::FORBIDDEN,
+            "{method} {path}: {}",
+            r.body
+        );
+    }
+    // A scoped admin mints only keys scoped within its own scopes.
+    let r = mint(
+        owner.clone(),
+        json!({"name": "minter", "role": "admin", "scopes": ["keys:write", "runs:read"]}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let minter = r.body["secret"].as_str().unwrap().to_owned();
+    for (body, status) in [
+        (
+            json!({"name": "wide", "role": "viewer"}),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            json!({"name": "other", "role": "viewer", "scopes": ["agents:read"]}),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            json!({"name": "narrow", "role": "viewer", "scopes": ["runs:read"]}),
+            StatusCode::CREATED,
+        ),
+    ] {
+        let r = mint(minter.clone(), body.clone()).await;
+        assert_eq!(r.status, status, "{body}: {}", r.body);
+    }
+    // Scopes the role does not hold, none at all, or unknown ones are refused.
+    for body in [
+        json!({"name": "x", "role": "viewer", "scopes": ["agents:write"]}),
+        json!({"name": "x", "role": "viewer", "scopes": []}),
+        json!({"name": "x", "role": "viewer", "scopes": ["runs:explode"]}),
+    ] {
+        let r = mint(owner.clone(), body.clone()).await;
+        assert!(r.status.is_client_error(), "{body}: {}", r.body);
+    }
+    // The listing shows each key's scopes.
+    let r = call(&app, &Method::GET, "/v1/keys", Some(&owner), None).await;
+    let narrow = r.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "narrow")
+        .unwrap()
+        .clone();
+    assert_eq!(narrow["scopes"], json!(["runs:read"]));
+}

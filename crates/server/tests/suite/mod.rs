@@ -54,6 +54,7 @@ pub async fn make_key(
         expires_at,
         revoked_at: None,
         last_used_at: None,
+        scopes: None,
     };
     store.create_api_key(scope, record).await.unwrap();
     secret

@@ -95,6 +95,7 @@ mod tests {
                 expires_at: None,
                 revoked_at: None,
                 last_used_at: None,
+                scopes: None,
             },
         )
     }

@@ -281,11 +281,12 @@ pub(super) fn events(
     }
     let after = i64::try_from(after).unwrap_or(i64::MAX);
     let events = {
+        // The limit is applied by stopping the scan, not by `LIMIT ?`: SQLite's planner reads a
+        // bound LIMIT's value, so every new binding would make it prepare the statement again.
         let mut stmt = tx.prepare_cached(
-            "SELECT seq, at, kind FROM events WHERE run_id = ?1 AND seq > ?2
-             ORDER BY seq LIMIT ?3",
+            "SELECT seq, at, kind FROM events WHERE run_id = ?1 AND seq > ?2 ORDER BY seq",
         )?;
-        let rows = stmt.query_map(params![run_id.as_str(), after, i64::from(limit)], |r| {
+        let rows = stmt.query_map(params![run_id.as_str(), after], |r| {
             Ok((
                 r.get::<_, i64>(0)?,
                 r.get::<_, i64>(1)?,
@@ -293,7 +294,7 @@ pub(super) fn events(
             ))
         })?;
         let mut events = Vec::new();
-        for row in rows {
+        for row in rows.take(limit as usize) {
             let (seq, at, kind) = row?;
             events.push(Event {
                 seq: seq as u64,
@@ -469,7 +470,7 @@ pub(super) fn list_workspaces(conn: &mut Connection, org: &OrgId) -> Result<Vec<
 }
 
 const KEY_COLUMNS: &str = "SELECT id, name, role, prefix, secret_hash, created_at, expires_at, \
-     revoked_at, last_used_at, org, workspace FROM api_keys";
+     revoked_at, last_used_at, org, workspace, scopes FROM api_keys";
 
 type KeyRow = (
     String,
@@ -483,6 +484,7 @@ type KeyRow = (
     Option<Millis>,
     String,
     String,
+    Option<String>,
 );
 
 fn key_row(r: &Row<'_>) -> rusqlite::Result<KeyRow> {
@@ -498,6 +500,7 @@ fn key_row(r: &Row<'_>) -> rusqlite::Result<KeyRow> {
         r.get(8)?,
         r.get(9)?,
         r.get(10)?,
+        r.get(11)?,
     ))
 }
 
@@ -514,6 +517,7 @@ fn decode_key(row: KeyRow) -> Result<(Scope, KeyRecord)> {
         last_used_at,
         org,
         ws,
+        scopes,
     ) = row;
     let scope = Scope {
         org: OrgId::parse(&org).map_err(corrupt)?,
@@ -530,6 +534,7 @@ fn decode_key(row: KeyRow) -> Result<(Scope, KeyRecord)> {
         expires_at,
         revoked_at,
         last_used_at,
+        scopes: scopes.as_deref().map(from_json).transpose()?,
     };
     Ok((scope, record))
 }

@@ -3,12 +3,16 @@
 //! Each operation runs inside the batch transaction, in its own savepoint; it must not commit.
 //! Nothing here may be observed before the batch commits: answers and notifications wait for
 //! [`run`] to finish the batch.
+//!
+//! The writer keeps the projections of the runs it appends to ([`RunCache`]), so an append does
+//! not read and decode the run row it wrote a moment before. The cache only ever holds what the
+//! database holds once the operation commits: what a failed operation or batch touched is
+//! forgotten, and the run-row update checks the sequence number it expects.
 
 use super::{from_json, scope_params, to_json};
 use crate::{
-    AgentRecord, Append, Claimed, Committed, DataKeyRecord, IDEMPOTENCY_IN_FLIGHT_MS,
-    IDEMPOTENCY_TTL_MS, IdempotencyClaim, IdempotentResponse, KeyRecord, Result, Rewrap,
-    StoreError,
+    AgentRecord, Claimed, Committed, DataKeyRecord, IDEMPOTENCY_IN_FLIGHT_MS, IDEMPOTENCY_TTL_MS,
+    IdempotencyClaim, IdempotentResponse, KeyRecord, Result, Rewrap, StoreError,
 };
 use paddock_types::KeyId;
 use paddock_types::api::{AgentDefinition, ApprovalStatus, Run};
@@ -17,20 +21,102 @@ use paddock_types::ids::EndUserId;
 use paddock_types::time::Millis;
 use paddock_types::time::now_ms;
 use paddock_types::{
-    ApprovalId, Event, EventKind, NewEvent, OrgId, RunId, Scope, ToolCall, WorkspaceId,
+    ApprovalId, Event, EventKind, NewEvent, OrgId, RunId, RunStatus, Scope, ToolCall, WorkspaceId,
 };
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, params};
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use tokio::sync::{broadcast, oneshot};
 
+/// What an operation works with: the writer's connection, inside the batch transaction, and the
+/// writer's cache of run projections.
+pub(super) struct Ctx<'a> {
+    pub(super) conn: &'a Connection,
+    runs: &'a mut RunCache,
+}
+
+/// Most run projections the writer keeps; beyond this it starts over (rare: runs leave the cache
+/// when they end or park).
+const MAX_CACHED_RUNS: usize = 4096;
+
+/// The projections of the runs being appended to, as committed (or as written by the current
+/// operation, which [`RunCache::forget_touched`] takes back if it fails).
+#[derive(Default)]
+pub(super) struct RunCache {
+    runs: HashMap<RunId, CachedRun>,
+    /// Runs the operation in progress put in the cache.
+    touched: Vec<RunId>,
+}
+
+struct CachedRun {
+    org: String,
+    workspace: String,
+    end_user: Option<String>,
+    run: Run,
+}
+
+impl RunCache {
+    /// Takes a run's projection out of the cache, if cached: `Some(None)` if it is not in `scope`
+    /// (the same answer as the database's, as a run never changes scope). The append puts it
+    /// back; one that fails before that reads the row again next time.
+    fn take(&mut self, scope: &Scope, id: &RunId) -> Option<Option<(Run, Option<String>)>> {
+        let c = self.runs.get(id)?;
+        let visible = c.org == scope.org.as_str()
+            && c.workspace == scope.workspace.as_str()
+            && scope
+                .end_user
+                .as_ref()
+                .is_none_or(|e| c.end_user.as_deref() == Some(e.as_str()));
+        if !visible {
+            return Some(None);
+        }
+        let c = self.runs.remove(id)?;
+        Some(Some((c.run, c.end_user)))
+    }
+
+    /// Records a run's projection as the current operation leaves it. Finished and parked runs
+    /// are dropped instead: they will not be appended to soon, if ever.
+    fn put(&mut self, scope: &Scope, end_user: Option<&str>, run: &Run) {
+        self.touched.push(run.id.clone());
+        if run.status.is_terminal() || run.status == RunStatus::Waiting {
+            self.runs.remove(&run.id);
+            return;
+        }
+        if self.runs.len() >= MAX_CACHED_RUNS && !self.runs.contains_key(&run.id) {
+            self.runs.clear();
+        }
+        self.runs.insert(
+            run.id.clone(),
+            CachedRun {
+                org: scope.org.as_str().to_owned(),
+                workspace: scope.workspace.as_str().to_owned(),
+                end_user: end_user.map(str::to_owned),
+                run: run.clone(),
+            },
+        );
+    }
+
+    /// The current operation succeeded (within the batch): keep what it cached.
+    fn keep_touched(&mut self) {
+        self.touched.clear();
+    }
+
+    /// The current operation was rolled back: drop what it cached.
+    fn forget_touched(&mut self) {
+        for id in self.touched.drain(..) {
+            self.runs.remove(&id);
+        }
+    }
+}
+
 /// One queued write operation and the caller waiting for it.
 pub(super) trait Job: Send {
     /// Runs the operation on the open transaction; false if it failed (its savepoint is then
     /// rolled back and the other operations of the batch go on).
-    fn run(&mut self, conn: &Connection) -> bool;
+    fn run(&mut self, ctx: &mut Ctx<'_>) -> bool;
     /// Replaces the outcome with a failure: the batch could not be committed.
     fn fail(&mut self, msg: &str);
     /// What to announce once the batch is durable.
@@ -50,7 +136,7 @@ struct Pending<T, F> {
 pub(super) fn pending<T, F>(work: F, reply: oneshot::Sender<Result<T>>) -> Box<dyn Job>
 where
     T: Send + 'static,
-    F: FnOnce(&Connection) -> Result<(T, Option<Committed>)> + Send + 'static,
+    F: FnOnce(&mut Ctx<'_>) -> Result<(T, Option<Committed>)> + Send + 'static,
 {
     Box::new(Pending {
         work: Some(work),
@@ -63,13 +149,13 @@ where
 impl<T, F> Job for Pending<T, F>
 where
     T: Send + 'static,
-    F: FnOnce(&Connection) -> Result<(T, Option<Committed>)> + Send + 'static,
+    F: FnOnce(&mut Ctx<'_>) -> Result<(T, Option<Committed>)> + Send + 'static,
 {
-    fn run(&mut self, conn: &Connection) -> bool {
+    fn run(&mut self, ctx: &mut Ctx<'_>) -> bool {
         let Some(work) = self.work.take() else {
             return false;
         };
-        match work(conn) {
+        match work(ctx) {
             Ok((value, note)) => {
                 self.outcome = Some(Ok(value));
                 self.note = note;
@@ -109,6 +195,7 @@ pub(super) fn run(
     notify: &broadcast::Sender<Committed>,
     commits: &AtomicU64,
 ) {
+    let mut runs = RunCache::default();
     while let Ok(first) = queue.recv() {
         let mut batch = Vec::with_capacity(16);
         batch.push(first);
@@ -118,34 +205,49 @@ pub(super) fn run(
                 Err(_) => break,
             }
         }
-        commit_batch(conn, &mut batch, notify, commits);
+        commit_batch(conn, &mut runs, &mut batch, notify, commits);
         for job in batch {
             job.reply();
         }
     }
 }
 
+/// Runs one of the writer's transaction-control statements, prepared once rather than parsed
+/// for every operation.
+fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
+}
+
 fn commit_batch(
     conn: &mut Connection,
+    runs: &mut RunCache,
     batch: &mut [Box<dyn Job>],
     notify: &broadcast::Sender<Committed>,
     commits: &AtomicU64,
 ) {
+    let conn = &*conn;
     let outcome = (|| -> rusqlite::Result<()> {
-        let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        control(conn, "BEGIN IMMEDIATE")?;
         for job in batch.iter_mut() {
-            let sp = tx.savepoint()?;
+            control(conn, "SAVEPOINT op")?;
+            let mut ctx = Ctx {
+                conn,
+                runs: &mut *runs,
+            };
             // A panicking operation must not take the writer (and so the whole store) down.
-            let ok = std::panic::catch_unwind(AssertUnwindSafe(|| job.run(&sp))).unwrap_or(false);
+            let ok =
+                std::panic::catch_unwind(AssertUnwindSafe(|| job.run(&mut ctx))).unwrap_or(false);
             if ok {
-                sp.commit()?;
+                runs.keep_touched();
             } else {
-                // Rolls back to the savepoint and releases it. If even that fails the
-                // transaction's state is unknown, so the whole batch fails.
-                sp.finish()?;
+                runs.forget_touched();
+                // If even this fails the transaction's state is unknown, so the whole batch
+                // fails.
+                control(conn, "ROLLBACK TO op")?;
             }
+            control(conn, "RELEASE op")?;
         }
-        tx.commit()
+        control(conn, "COMMIT")
     })();
     match outcome {
         Ok(()) => {
@@ -158,6 +260,14 @@ fn commit_batch(
         }
         Err(e) => {
             tracing::error!(error = %e, ops = batch.len(), "store batch failed to commit");
+            // Nothing of the batch happened, so the cache may be ahead of the database.
+            runs.forget_touched();
+            runs.runs.clear();
+            if !conn.is_autocommit()
+                && let Err(e) = conn.execute_batch("ROLLBACK")
+            {
+                tracing::error!(error = %e, "store batch failed to roll back");
+            }
             let msg = format!("commit failed: {e}");
             for job in batch.iter_mut() {
                 job.fail(&msg);
@@ -211,11 +321,12 @@ pub(super) fn put_agent(
 }
 
 pub(super) fn create_run(
-    conn: &Connection,
+    ctx: &mut Ctx<'_>,
     scope: &Scope,
     id: &RunId,
     first: NewEvent,
 ) -> Result<(Run, Option<Committed>)> {
+    let conn = ctx.conn;
     let first = Event {
         seq: 1,
         at: first.at,
@@ -250,29 +361,39 @@ pub(super) fn create_run(
         to_json(&run)?,
     ])?;
     insert_event(conn, id, &first)?;
+    // A worker appends to it as soon as it is claimed.
+    ctx.runs.put(scope, end_user, &run);
     let note = committed(&run);
     Ok((run, Some(note)))
 }
 
+/// A new event and its kind as stored (JSON), encoded before it reaches the writer so that the
+/// one thread that writes does not spend its time encoding.
+pub(super) struct Encoded {
+    event: NewEvent,
+    json: String,
+}
+
+impl Encoded {
+    pub(super) fn new(event: NewEvent) -> Result<Self> {
+        let json = to_json(&event.kind)?;
+        Ok(Self { event, json })
+    }
+}
+
 pub(super) fn append(
-    conn: &Connection,
+    ctx: &mut Ctx<'_>,
     scope: &Scope,
-    batch: Append,
+    run_id: &RunId,
+    expected_seq: Option<u64>,
+    events: Vec<Encoded>,
 ) -> Result<(Run, Option<Committed>)> {
-    let (run, end_user) =
-        load_run(conn, scope, &batch.run_id)?.ok_or(StoreError::NotFound("run"))?;
-    append_events(
-        conn,
-        scope,
-        run,
-        end_user.as_deref(),
-        batch.expected_seq,
-        batch.events,
-    )
+    let (run, end_user) = load_run(ctx, scope, run_id)?.ok_or(StoreError::NotFound("run"))?;
+    append_events(ctx, scope, run, end_user.as_deref(), expected_seq, events)
 }
 
 pub(super) fn decide_approval(
-    conn: &Connection,
+    ctx: &mut Ctx<'_>,
     scope: &Scope,
     run_id: &RunId,
     approval_id: &ApprovalId,
@@ -280,7 +401,8 @@ pub(super) fn decide_approval(
     comment: Option<String>,
 ) -> Result<(Run, Option<Committed>)> {
     let (org, ws, end_user) = scope_params(scope);
-    let approval = conn
+    let approval = ctx
+        .conn
         .prepare_cached(
             "SELECT status, call FROM approvals
              WHERE id = ?1 AND run_id = ?2 AND org = ?3 AND workspace = ?4
@@ -298,7 +420,7 @@ pub(super) fn decide_approval(
         return Err(StoreError::AlreadyDecided);
     }
     let call: ToolCall = from_json(&call)?;
-    let (run, run_end_user) = load_run(conn, scope, run_id)?.ok_or(StoreError::NotFound("run"))?;
+    let (run, run_end_user) = load_run(ctx, scope, run_id)?.ok_or(StoreError::NotFound("run"))?;
     // The approval row itself is updated by the projection of the event.
     let event = NewEvent::now(EventKind::ApprovalDecided {
         approval_id: approval_id.clone(),
@@ -306,7 +428,8 @@ pub(super) fn decide_approval(
         decision,
         comment,
     });
-    append_events(conn, scope, run, run_end_user.as_deref(), None, vec![event])
+    let events = vec![Encoded::new(event)?];
+    append_events(ctx, scope, run, run_end_user.as_deref(), None, events)
 }
 
 /// Leases the oldest runs a worker may take: queued or running, with no live lease. Waiting and
@@ -524,8 +647,8 @@ pub(super) fn create_api_key(conn: &Connection, scope: &Scope, key: &KeyRecord) 
     }
     conn.prepare_cached(
         "INSERT INTO api_keys (id, org, workspace, name, role, prefix, secret_hash, created_at,
-                               expires_at, revoked_at, last_used_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                               expires_at, revoked_at, last_used_at, scopes)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?
     .execute(params![
         key.id.as_str(),
@@ -539,6 +662,7 @@ pub(super) fn create_api_key(conn: &Connection, scope: &Scope, key: &KeyRecord) 
         key.expires_at,
         key.revoked_at,
         key.last_used_at,
+        key.scopes.as_ref().map(to_json).transpose()?,
     ])?;
     Ok(())
 }
@@ -584,11 +708,15 @@ fn committed(run: &Run) -> Committed {
     }
 }
 
-/// The run's projection and end-user, if the run exists in `scope`. One primary-key lookup,
-/// whatever the journal's length.
-fn load_run(conn: &Connection, scope: &Scope, id: &RunId) -> Result<Option<(Run, Option<String>)>> {
+/// The run's projection and end-user, if the run exists in `scope`: from the writer's cache, or
+/// one primary-key lookup, whatever the journal's length.
+fn load_run(ctx: &mut Ctx<'_>, scope: &Scope, id: &RunId) -> Result<Option<(Run, Option<String>)>> {
+    if let Some(cached) = ctx.runs.take(scope, id) {
+        return Ok(cached);
+    }
     let (org, ws, end_user) = scope_params(scope);
-    let row = conn
+    let row = ctx
+        .conn
         .prepare_cached(
             "SELECT run, end_user FROM runs
              WHERE id = ?1 AND org = ?2 AND workspace = ?3 AND (?4 IS NULL OR end_user = ?4)",
@@ -602,26 +730,57 @@ fn load_run(conn: &Connection, scope: &Scope, id: &RunId) -> Result<Option<(Run,
 }
 
 fn insert_event(conn: &Connection, run_id: &RunId, ev: &Event) -> Result<()> {
-    conn.prepare_cached("INSERT INTO events (run_id, seq, at, kind) VALUES (?1, ?2, ?3, ?4)")?
-        .execute(params![
-            run_id.as_str(),
-            ev.seq as i64,
-            ev.at,
-            to_json(&ev.kind)?
-        ])?;
+    insert_events(conn, run_id, &[(ev.seq, ev.at, to_json(&ev.kind)?)])
+}
+
+/// Most events inserted by one statement; more take several.
+const EVENTS_PER_INSERT: usize = 8;
+
+/// `INSERT INTO events` statements for 0 to [`EVENTS_PER_INSERT`] rows, by row count.
+static INSERT_EVENTS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+    (0..=EVENTS_PER_INSERT)
+        .map(|n| {
+            let rows: Vec<String> = (0..n)
+                .map(|i| format!("(?1, ?{}, ?{}, ?{})", 2 + 3 * i, 3 + 3 * i, 4 + 3 * i))
+                .collect();
+            format!(
+                "INSERT INTO events (run_id, seq, at, kind) VALUES {}",
+                rows.join(", ")
+            )
+        })
+        .collect()
+});
+
+/// Inserts a run's events, given as (seq, at, encoded kind), several rows per statement: an
+/// append's events cost one statement execution instead of one each.
+fn insert_events(conn: &Connection, run_id: &RunId, events: &[(u64, i64, String)]) -> Result<()> {
+    for chunk in events.chunks(EVENTS_PER_INSERT) {
+        let sql = INSERT_EVENTS
+            .get(chunk.len())
+            .ok_or_else(|| StoreError::Backend("event batch too large".to_owned()))?;
+        let mut stmt = conn.prepare_cached(sql)?;
+        stmt.raw_bind_parameter(1, run_id.as_str())?;
+        for (i, (seq, at, kind)) in chunk.iter().enumerate() {
+            stmt.raw_bind_parameter(2 + 3 * i, *seq as i64)?;
+            stmt.raw_bind_parameter(3 + 3 * i, *at)?;
+            stmt.raw_bind_parameter(4 + 3 * i, kind.as_str())?;
+        }
+        stmt.raw_execute()?;
+    }
     Ok(())
 }
 
 /// Appends `events` after the run's last seq and keeps the run row and the approvals in step.
 /// Costs one write per event plus one run-row update, whatever the journal's length.
 fn append_events(
-    conn: &Connection,
+    ctx: &mut Ctx<'_>,
     scope: &Scope,
     mut run: Run,
     end_user: Option<&str>,
     expected_seq: Option<u64>,
-    events: Vec<NewEvent>,
+    events: Vec<Encoded>,
 ) -> Result<(Run, Option<Committed>)> {
+    let conn = ctx.conn;
     if run.status.is_terminal() {
         return Err(StoreError::Terminal(run.status));
     }
@@ -636,7 +795,9 @@ fn append_events(
     if events.is_empty() {
         return Ok((run, None));
     }
-    for new in events {
+    let (from_seq, from_status) = (run.last_seq, run.status);
+    let mut rows = Vec::with_capacity(events.len());
+    for Encoded { event: new, json } in events {
         // A batch may end a run but not go on after the end.
         if run.status.is_terminal() {
             return Err(StoreError::Terminal(run.status));
@@ -647,11 +808,12 @@ fn append_events(
             kind: new.kind,
         };
         run.apply(&ev);
-        insert_event(conn, &run.id, &ev)?;
+        rows.push((ev.seq, ev.at, json));
         project_approval(conn, scope, &run, end_user, &ev)?;
         super::usage::on_event(conn, scope, &run, end_user, &ev)?;
         super::trail::on_event(conn, scope, &run, end_user, &ev)?;
     }
+    insert_events(conn, &run.id, &rows)?;
     let terminal = run.status.is_terminal();
     if terminal {
         // Nobody can act on an approval of a finished run any more.
@@ -660,20 +822,44 @@ fn append_events(
         )?
         .execute(params![run.id.as_str()])?;
     }
-    // A finished run needs no worker: drop its lease so it never shows up as held.
-    conn.prepare_cached(
-        "UPDATE runs SET status = ?2, last_seq = ?3, run = ?4,
-           lease_owner = CASE WHEN ?5 THEN NULL ELSE lease_owner END,
-           lease_until = CASE WHEN ?5 THEN NULL ELSE lease_until END
-         WHERE id = ?1",
-    )?
-    .execute(params![
-        run.id.as_str(),
-        run.status.as_str(),
-        run.last_seq as i64,
-        to_json(&run)?,
-        terminal,
-    ])?;
+    // The row must still be at the seq the events were numbered from; this can only fail if the
+    // cached projection were stale, and then it fails the operation instead of leaving a gap.
+    let updated = if run.status == from_status {
+        // Same status: leave the status indexes alone (setting the column, even to its value,
+        // rewrites their entries and so their pages).
+        conn.prepare_cached(
+            "UPDATE runs SET last_seq = ?3, run = ?4 WHERE id = ?1 AND last_seq = ?2",
+        )?
+        .execute(params![
+            run.id.as_str(),
+            from_seq as i64,
+            run.last_seq as i64,
+            to_json(&run)?,
+        ])?
+    } else {
+        // A finished run needs no worker: drop its lease so it never shows up as held.
+        conn.prepare_cached(
+            "UPDATE runs SET status = ?3, last_seq = ?4, run = ?5,
+               lease_owner = CASE WHEN ?6 THEN NULL ELSE lease_owner END,
+               lease_until = CASE WHEN ?6 THEN NULL ELSE lease_until END
+             WHERE id = ?1 AND last_seq = ?2",
+        )?
+        .execute(params![
+            run.id.as_str(),
+            from_seq as i64,
+            run.status.as_str(),
+            run.last_seq as i64,
+            to_json(&run)?,
+            terminal,
+        ])?
+    };
+    if updated != 1 {
+        return Err(StoreError::Backend(format!(
+            "run {} is no longer at seq {from_seq}",
+            run.id
+        )));
+    }
+    ctx.runs.put(scope, end_user, &run);
     let note = committed(&run);
     Ok((run, Some(note)))
 }
@@ -920,4 +1106,125 @@ pub(super) fn release_idempotency(
     )?
     .execute(params![org, ws, key, request_hash])?;
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::conformance::{agent, created};
+    use crate::{Append, SqliteStore, Store};
+    use std::sync::Arc;
+
+    fn started() -> NewEvent {
+        NewEvent::now(EventKind::RunStarted {
+            worker: "w".to_owned(),
+            recovered: false,
+        })
+    }
+
+    async fn store_with_run() -> (tempfile::TempDir, Arc<SqliteStore>, Scope, Run) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let s = Scope::default_workspace();
+        store
+            .put_agent(&s, &agent("alpha", "1.0.0", "p").unwrap())
+            .await
+            .unwrap();
+        let run = store
+            .create_run(&s, &RunId::new(), created("alpha"))
+            .await
+            .unwrap();
+        (dir, store, s, run)
+    }
+
+    #[tokio::test]
+    async fn an_append_rolled_back_with_its_operation_is_forgotten() {
+        let (_dir, store, s, run) = store_with_run().await;
+        let (scope, id) = (s.clone(), run.id.clone());
+        // The append succeeds inside the operation, which then fails: its savepoint takes the
+        // append back, and the writer's cache must follow.
+        let failed = store
+            .write_runs(move |ctx| -> Result<((), Option<Committed>)> {
+                let (run, _) = append(ctx, &scope, &id, Some(1), vec![Encoded::new(started())?])?;
+                assert_eq!(run.last_seq, 2);
+                Err(StoreError::Backend("injected".to_owned()))
+            })
+            .await;
+        assert!(failed.is_err());
+        let after = store
+            .append(
+                &s,
+                Append {
+                    run_id: run.id.clone(),
+                    expected_seq: Some(1),
+                    events: vec![started()],
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(after.last_seq, 2);
+        let seqs: Vec<u64> = store
+            .events(&s, &run.id, 0, 100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, vec![1, 2]);
+        assert_eq!(store.get_run(&s, &run.id).await.unwrap(), Some(after));
+    }
+
+    #[tokio::test]
+    async fn a_stale_cached_projection_fails_the_append_instead_of_leaving_a_gap() {
+        let (_dir, store, s, run) = store_with_run().await;
+        // Move the row on behind the cache's back, as a write the cache missed would.
+        let id = run.id.clone();
+        store
+            .write(move |conn| {
+                conn.execute(
+                    "UPDATE runs SET last_seq = last_seq + 1 WHERE id = ?1",
+                    params![id.as_str()],
+                )?;
+                Ok(((), None))
+            })
+            .await
+            .unwrap();
+        let stale = store
+            .append(
+                &s,
+                Append {
+                    run_id: run.id.clone(),
+                    expected_seq: None,
+                    events: vec![started()],
+                },
+            )
+            .await;
+        assert!(matches!(stale, Err(StoreError::Backend(_))), "{stale:?}");
+        assert_eq!(store.events(&s, &run.id, 0, 100).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn long_appends_take_several_insert_statements() {
+        let (_dir, store, s, run) = store_with_run().await;
+        let events: Vec<NewEvent> = (0..2 * EVENTS_PER_INSERT + 3).map(|_| started()).collect();
+        let after = store
+            .append(
+                &s,
+                Append {
+                    run_id: run.id.clone(),
+                    expected_seq: Some(1),
+                    events: events.clone(),
+                },
+            )
+            .await
+            .unwrap();
+        let stored = store.events(&s, &run.id, 0, u32::MAX).await.unwrap();
+        assert_eq!(after.last_seq, stored.len() as u64);
+        let seqs: Vec<u64> = stored.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=events.len() as u64 + 1).collect::<Vec<_>>());
+        for (e, sent) in stored[1..].iter().zip(&events) {
+            assert_eq!((e.at, &e.kind), (sent.at, &sent.kind));
+        }
+    }
 }
