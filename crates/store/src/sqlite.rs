@@ -85,6 +85,8 @@ pub struct SqliteStore {
     jobs: Option<mpsc::Sender<Box<dyn write::Job>>>,
     writer: Option<JoinHandle<()>>,
     readers: Arc<read::Pool>,
+    /// Finished runs' projections, published by the writer as their ends commit.
+    finished: Arc<write::Finished>,
     notify: broadcast::Sender<Committed>,
     commits: Arc<AtomicU64>,
     /// How many budgets each (org, workspace) has, so a model call in a workspace without any
@@ -120,13 +122,15 @@ impl SqliteStore {
         let (jobs, queue) = mpsc::channel::<Box<dyn write::Job>>();
         let (notify, _) = broadcast::channel(NOTIFY_CAPACITY);
         let commits = Arc::new(AtomicU64::new(0));
+        let finished = Arc::new(write::Finished::default());
         let writer = {
             let notify = notify.clone();
             let commits = Arc::clone(&commits);
+            let finished = Arc::clone(&finished);
             std::thread::Builder::new()
                 .name("paddock-store-writer".to_owned())
                 .spawn(move || {
-                    write::run(&mut conn, &queue, &notify, &commits);
+                    write::run(&mut conn, &queue, &notify, &commits, &finished);
                     // Close the database before giving up the folder, so the next owner never
                     // sees our connection still open.
                     drop(conn);
@@ -137,6 +141,7 @@ impl SqliteStore {
         tracing::debug!(path = %path.display(), "store opened");
         Ok(Arc::new(SqliteStore {
             readers: Arc::new(read::Pool::new(path.clone(), READERS)),
+            finished,
             path,
             jobs: Some(jobs),
             writer: Some(writer),
@@ -304,6 +309,13 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
+/// The caller's own copy of a run the writer answered with. The writer keeps the projection it
+/// shares, so the copy (and later its drop) happens here, on the caller's thread: off the one
+/// thread every write waits for, and with the caller's allocator cache.
+fn owned(run: Arc<Run>) -> Run {
+    Arc::try_unwrap(run).unwrap_or_else(|shared| Run::clone(&shared))
+}
+
 fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
     serde_json::to_string(value).map_err(|e| StoreError::Backend(format!("cannot encode: {e}")))
 }
@@ -359,9 +371,13 @@ impl Store for SqliteStore {
         let (scope, id) = (scope.clone(), id.clone());
         self.write_runs(move |ctx| write::create_run(ctx, &scope, &id, first))
             .await
+            .map(owned)
     }
 
     async fn get_run(&self, scope: &Scope, id: &RunId) -> Result<Option<Run>> {
+        if let Some(run) = self.finished.get(scope, id) {
+            return Ok(run);
+        }
         let (scope, id) = (scope.clone(), id.clone());
         self.readers
             .with(move |conn| read::get_run(conn, &scope, &id))
@@ -399,6 +415,7 @@ impl Store for SqliteStore {
             .collect::<Result<Vec<_>>>()?;
         self.write_runs(move |ctx| write::append(ctx, &scope, &run_id, expected_seq, events))
             .await
+            .map(owned)
     }
 
     async fn events(
@@ -456,6 +473,7 @@ impl Store for SqliteStore {
             write::decide_approval(ctx, &scope, &run_id, &id, decision, comment)
         })
         .await
+        .map(owned)
     }
 
     async fn claim(

@@ -24,11 +24,12 @@ use paddock_types::{
     ApprovalId, Event, EventKind, NewEvent, OrgId, RunId, RunStatus, Scope, ToolCall, WorkspaceId,
 };
 use rusqlite::{Connection, OptionalExtension, params};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU32;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, oneshot};
 
 /// What an operation works with: the writer's connection, inside the batch transaction, and the
@@ -49,28 +50,48 @@ pub(super) struct RunCache {
     runs: HashMap<RunId, CachedRun>,
     /// Runs the operation in progress put in the cache.
     touched: Vec<RunId>,
+    /// Runs that ended in this batch, for [`Finished`] once it commits.
+    finished: Vec<CachedRun>,
+    /// How many of `finished` the operations before the current one left.
+    finished_kept: usize,
 }
 
 struct CachedRun {
     org: String,
     workspace: String,
     end_user: Option<String>,
-    run: Run,
+    /// Shared with the answer to the last append, so that the copy its caller needs is made on
+    /// the caller's thread (see [`super::owned`]), not on the writer's.
+    run: Arc<Run>,
+}
+
+impl CachedRun {
+    fn new(scope: &Scope, end_user: Option<&str>, run: &Arc<Run>) -> Self {
+        Self {
+            org: scope.org.as_str().to_owned(),
+            workspace: scope.workspace.as_str().to_owned(),
+            end_user: end_user.map(str::to_owned),
+            run: Arc::clone(run),
+        }
+    }
+
+    /// Whether the run belongs to `scope`, as the database's scope filter decides it.
+    fn visible(&self, scope: &Scope) -> bool {
+        self.org == scope.org.as_str()
+            && self.workspace == scope.workspace.as_str()
+            && scope
+                .end_user
+                .as_ref()
+                .is_none_or(|e| self.end_user.as_deref() == Some(e.as_str()))
+    }
 }
 
 impl RunCache {
     /// Takes a run's projection out of the cache, if cached: `Some(None)` if it is not in `scope`
     /// (the same answer as the database's, as a run never changes scope). The append puts it
     /// back; one that fails before that reads the row again next time.
-    fn take(&mut self, scope: &Scope, id: &RunId) -> Option<Option<(Run, Option<String>)>> {
-        let c = self.runs.get(id)?;
-        let visible = c.org == scope.org.as_str()
-            && c.workspace == scope.workspace.as_str()
-            && scope
-                .end_user
-                .as_ref()
-                .is_none_or(|e| c.end_user.as_deref() == Some(e.as_str()));
-        if !visible {
+    fn take(&mut self, scope: &Scope, id: &RunId) -> Option<Option<(Arc<Run>, Option<String>)>> {
+        if !self.runs.get(id)?.visible(scope) {
             return Some(None);
         }
         let c = self.runs.remove(id)?;
@@ -79,29 +100,26 @@ impl RunCache {
 
     /// Records a run's projection as the current operation leaves it. Finished and parked runs
     /// are dropped instead: they will not be appended to soon, if ever.
-    fn put(&mut self, scope: &Scope, end_user: Option<&str>, run: &Run) {
+    fn put(&mut self, scope: &Scope, end_user: Option<&str>, run: &Arc<Run>) {
         self.touched.push(run.id.clone());
         if run.status.is_terminal() || run.status == RunStatus::Waiting {
             self.runs.remove(&run.id);
+            if run.status.is_terminal() {
+                self.finished.push(CachedRun::new(scope, end_user, run));
+            }
             return;
         }
         if self.runs.len() >= MAX_CACHED_RUNS && !self.runs.contains_key(&run.id) {
             self.runs.clear();
         }
-        self.runs.insert(
-            run.id.clone(),
-            CachedRun {
-                org: scope.org.as_str().to_owned(),
-                workspace: scope.workspace.as_str().to_owned(),
-                end_user: end_user.map(str::to_owned),
-                run: run.clone(),
-            },
-        );
+        self.runs
+            .insert(run.id.clone(), CachedRun::new(scope, end_user, run));
     }
 
     /// The current operation succeeded (within the batch): keep what it cached.
     fn keep_touched(&mut self) {
         self.touched.clear();
+        self.finished_kept = self.finished.len();
     }
 
     /// The current operation was rolled back: drop what it cached.
@@ -109,6 +127,76 @@ impl RunCache {
         for id in self.touched.drain(..) {
             self.runs.remove(&id);
         }
+        self.finished.truncate(self.finished_kept);
+    }
+
+    /// The batch committed: what ended in it is final.
+    fn publish_finished(&mut self, to: &Finished) {
+        to.publish(self.finished.drain(..));
+        self.finished_kept = 0;
+    }
+
+    /// The batch failed: none of it happened.
+    fn forget_batch(&mut self) {
+        self.touched.clear();
+        self.runs.clear();
+        self.finished.clear();
+        self.finished_kept = 0;
+    }
+}
+
+/// Most finished runs [`Finished`] keeps; the oldest go first.
+const MAX_FINISHED_RUNS: usize = 4096;
+
+/// The projections of recently finished runs, shared with readers. Nothing can be appended to a
+/// finished run, so its projection never changes again and answering from here is never stale;
+/// it spares the reads that follow a run's end (whoever waited for it, the worker that ran it) a
+/// trip to the database.
+#[derive(Default)]
+pub(super) struct Finished {
+    inner: Mutex<FinishedRuns>,
+}
+
+#[derive(Default)]
+struct FinishedRuns {
+    runs: HashMap<RunId, CachedRun>,
+    /// Oldest first.
+    order: VecDeque<RunId>,
+}
+
+impl Finished {
+    /// A finished run's projection, if kept: `Some(None)` if it is not in `scope`.
+    pub(super) fn get(&self, scope: &Scope, id: &RunId) -> Option<Option<Run>> {
+        let run = {
+            let inner = self.lock();
+            let c = inner.runs.get(id)?;
+            if !c.visible(scope) {
+                return Some(None);
+            }
+            Arc::clone(&c.run)
+        };
+        // Copied outside the lock, on the reader's thread.
+        Some(Some(Run::clone(&run)))
+    }
+
+    fn publish(&self, runs: impl Iterator<Item = CachedRun>) {
+        let mut inner = self.lock();
+        for c in runs {
+            let id = c.run.id.clone();
+            if inner.runs.insert(id.clone(), c).is_none() {
+                inner.order.push_back(id);
+            }
+        }
+        while inner.order.len() > MAX_FINISHED_RUNS {
+            if let Some(oldest) = inner.order.pop_front() {
+                inner.runs.remove(&oldest);
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FinishedRuns> {
+        // The maps stay valid even if a holder panicked.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -194,6 +282,7 @@ pub(super) fn run(
     queue: &mpsc::Receiver<Box<dyn Job>>,
     notify: &broadcast::Sender<Committed>,
     commits: &AtomicU64,
+    finished: &Finished,
 ) {
     let mut runs = RunCache::default();
     while let Ok(first) = queue.recv() {
@@ -205,7 +294,7 @@ pub(super) fn run(
                 Err(_) => break,
             }
         }
-        commit_batch(conn, &mut runs, &mut batch, notify, commits);
+        commit_batch(conn, &mut runs, &mut batch, notify, commits, finished);
         for job in batch {
             job.reply();
         }
@@ -224,6 +313,7 @@ fn commit_batch(
     batch: &mut [Box<dyn Job>],
     notify: &broadcast::Sender<Committed>,
     commits: &AtomicU64,
+    finished: &Finished,
 ) {
     let conn = &*conn;
     let outcome = (|| -> rusqlite::Result<()> {
@@ -253,6 +343,8 @@ fn commit_batch(
         Ok(()) => {
             commits.fetch_add(1, Ordering::Relaxed);
             tracing::trace!(ops = batch.len(), "store batch committed");
+            // Before anyone hears of the ends, so that their next read finds them.
+            runs.publish_finished(finished);
             for note in batch.iter().filter_map(|job| job.committed()) {
                 // No subscribers is not an error.
                 let _ = notify.send(note);
@@ -261,8 +353,7 @@ fn commit_batch(
         Err(e) => {
             tracing::error!(error = %e, ops = batch.len(), "store batch failed to commit");
             // Nothing of the batch happened, so the cache may be ahead of the database.
-            runs.forget_touched();
-            runs.runs.clear();
+            runs.forget_batch();
             if !conn.is_autocommit()
                 && let Err(e) = conn.execute_batch("ROLLBACK")
             {
@@ -325,7 +416,7 @@ pub(super) fn create_run(
     scope: &Scope,
     id: &RunId,
     first: NewEvent,
-) -> Result<(Run, Option<Committed>)> {
+) -> Result<(Arc<Run>, Option<Committed>)> {
     let conn = ctx.conn;
     let first = Event {
         seq: 1,
@@ -361,9 +452,10 @@ pub(super) fn create_run(
         to_json(&run)?,
     ])?;
     insert_event(conn, id, &first)?;
-    // A worker appends to it as soon as it is claimed.
-    ctx.runs.put(scope, end_user, &run);
     let note = committed(&run);
+    // A worker appends to it as soon as it is claimed.
+    let run = Arc::new(run);
+    ctx.runs.put(scope, end_user, &run);
     Ok((run, Some(note)))
 }
 
@@ -387,7 +479,7 @@ pub(super) fn append(
     run_id: &RunId,
     expected_seq: Option<u64>,
     events: Vec<Encoded>,
-) -> Result<(Run, Option<Committed>)> {
+) -> Result<(Arc<Run>, Option<Committed>)> {
     let (run, end_user) = load_run(ctx, scope, run_id)?.ok_or(StoreError::NotFound("run"))?;
     append_events(ctx, scope, run, end_user.as_deref(), expected_seq, events)
 }
@@ -399,7 +491,7 @@ pub(super) fn decide_approval(
     approval_id: &ApprovalId,
     decision: ApprovalDecision,
     comment: Option<String>,
-) -> Result<(Run, Option<Committed>)> {
+) -> Result<(Arc<Run>, Option<Committed>)> {
     let (org, ws, end_user) = scope_params(scope);
     let approval = ctx
         .conn
@@ -710,7 +802,11 @@ fn committed(run: &Run) -> Committed {
 
 /// The run's projection and end-user, if the run exists in `scope`: from the writer's cache, or
 /// one primary-key lookup, whatever the journal's length.
-fn load_run(ctx: &mut Ctx<'_>, scope: &Scope, id: &RunId) -> Result<Option<(Run, Option<String>)>> {
+fn load_run(
+    ctx: &mut Ctx<'_>,
+    scope: &Scope,
+    id: &RunId,
+) -> Result<Option<(Arc<Run>, Option<String>)>> {
     if let Some(cached) = ctx.runs.take(scope, id) {
         return Ok(cached);
     }
@@ -725,7 +821,7 @@ fn load_run(ctx: &mut Ctx<'_>, scope: &Scope, id: &RunId) -> Result<Option<(Run,
             Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
         })
         .optional()?;
-    row.map(|(run, end_user)| Ok((from_json::<Run>(&run)?, end_user)))
+    row.map(|(run, end_user)| Ok((Arc::new(from_json::<Run>(&run)?), end_user)))
         .transpose()
 }
 
@@ -775,26 +871,28 @@ fn insert_events(conn: &Connection, run_id: &RunId, events: &[(u64, i64, String)
 fn append_events(
     ctx: &mut Ctx<'_>,
     scope: &Scope,
-    mut run: Run,
+    mut shared: Arc<Run>,
     end_user: Option<&str>,
     expected_seq: Option<u64>,
     events: Vec<Encoded>,
-) -> Result<(Run, Option<Committed>)> {
+) -> Result<(Arc<Run>, Option<Committed>)> {
     let conn = ctx.conn;
-    if run.status.is_terminal() {
-        return Err(StoreError::Terminal(run.status));
+    if shared.status.is_terminal() {
+        return Err(StoreError::Terminal(shared.status));
     }
     if let Some(expected) = expected_seq
-        && expected != run.last_seq
+        && expected != shared.last_seq
     {
         return Err(StoreError::Conflict {
             expected,
-            actual: run.last_seq,
+            actual: shared.last_seq,
         });
     }
     if events.is_empty() {
-        return Ok((run, None));
+        return Ok((shared, None));
     }
+    // No copy: the caller of the last append has made its own by now.
+    let run = Arc::make_mut(&mut shared);
     let (from_seq, from_status) = (run.last_seq, run.status);
     let mut rows = Vec::with_capacity(events.len());
     for Encoded { event: new, json } in events {
@@ -809,9 +907,9 @@ fn append_events(
         };
         run.apply(&ev);
         rows.push((ev.seq, ev.at, json));
-        project_approval(conn, scope, &run, end_user, &ev)?;
-        super::usage::on_event(conn, scope, &run, end_user, &ev)?;
-        super::trail::on_event(conn, scope, &run, end_user, &ev)?;
+        project_approval(conn, scope, run, end_user, &ev)?;
+        super::usage::on_event(conn, scope, run, end_user, &ev)?;
+        super::trail::on_event(conn, scope, run, end_user, &ev)?;
     }
     insert_events(conn, &run.id, &rows)?;
     let terminal = run.status.is_terminal();
@@ -859,9 +957,9 @@ fn append_events(
             run.id
         )));
     }
-    ctx.runs.put(scope, end_user, &run);
-    let note = committed(&run);
-    Ok((run, Some(note)))
+    let note = committed(run);
+    ctx.runs.put(scope, end_user, &shared);
+    Ok((shared, Some(note)))
 }
 
 fn project_approval(
@@ -1202,6 +1300,47 @@ mod tests {
             .await;
         assert!(matches!(stale, Err(StoreError::Backend(_))), "{stale:?}");
         assert_eq!(store.events(&s, &run.id, 0, 100).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn finished_runs_are_read_from_memory_only_in_their_scope() {
+        let (_dir, store, s, run) = store_with_run().await;
+        let done = store
+            .append(
+                &s,
+                Append {
+                    run_id: run.id.clone(),
+                    expected_seq: Some(1),
+                    events: vec![
+                        started(),
+                        NewEvent::now(EventKind::RunSucceeded {
+                            output: serde_json::json!("ok"),
+                        }),
+                    ],
+                },
+            )
+            .await
+            .unwrap();
+        assert!(store.finished.get(&s, &run.id).is_some());
+        let (scope, id) = (s.clone(), run.id.clone());
+        let stored = store
+            .readers
+            .with(move |conn| super::super::read::get_run(conn, &scope, &id))
+            .await
+            .unwrap();
+        assert_eq!(stored.as_ref(), Some(&done));
+        assert_eq!(store.get_run(&s, &run.id).await.unwrap(), Some(done));
+        let other_workspace = Scope {
+            workspace: WorkspaceId::new(),
+            ..s.clone()
+        };
+        let other_end_user = Scope {
+            end_user: Some(EndUserId::new()),
+            ..s.clone()
+        };
+        for other in [other_workspace, other_end_user] {
+            assert_eq!(store.get_run(&other, &run.id).await.unwrap(), None);
+        }
     }
 
     #[tokio::test]
