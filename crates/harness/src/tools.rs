@@ -11,6 +11,8 @@ use paddock_types::event::EgressRecord;
 use paddock_types::{RunId, Scope, ToolCall, ToolSpec};
 use serde_json::{Value, json};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::Semaphore;
 
 /// What a tool call produced, as the model will see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,11 +153,16 @@ pub const MAX_READ: usize = 64 * 1024;
 pub const MAX_WRITE: usize = 1024 * 1024;
 /// Most entries `list_files` returns.
 pub const MAX_LIST: usize = 1000;
+/// Most file tool calls running at once, whatever the number of CPUs.
+const MAX_BLOCKING_CALLS: usize = 8;
 
 /// The file tools over `<root>/<run_id>/`.
 #[derive(Debug, Clone)]
 pub struct WorkspaceTools {
     root: PathBuf,
+    /// Calls running on the blocking pool at once (shared by clones); see
+    /// [`WorkspaceTools::run_off_thread`].
+    slots: Arc<Semaphore>,
 }
 
 impl WorkspaceTools {
@@ -164,7 +171,11 @@ impl WorkspaceTools {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         let root = root.into();
         prepare_root(&root);
-        Self { root }
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Self {
+            root,
+            slots: Arc::new(Semaphore::new(cpus.clamp(2, MAX_BLOCKING_CALLS))),
+        }
     }
 
     /// The workspace folder of a run.
@@ -175,13 +186,24 @@ impl WorkspaceTools {
     /// [`WorkspaceTools::run`] on the blocking pool: file system calls can block for
     /// milliseconds (creating a workspace allocates inodes), and inline they would stall one of
     /// the runtime's few worker threads.
+    ///
+    /// About as many at once as there are CPUs; the rest wait their turn here. Unbounded, a few
+    /// hundred concurrent runs kept a hundred blocking threads busy with calls of a few
+    /// microseconds each, and the store's writer, which every step waits for, spent a third of
+    /// its time queued behind them for a CPU.
     pub async fn run_off_thread(&self, run_id: &RunId, call: &ToolCall) -> Result<String, String> {
+        let Ok(slot) = Arc::clone(&self.slots).acquire_owned().await else {
+            return Err("the file tools are shut down".to_owned());
+        };
         let tools = self.clone();
         let run_id = run_id.clone();
         let call = call.clone();
-        tokio::task::spawn_blocking(move || tools.run(&run_id, &call))
-            .await
-            .unwrap_or_else(|e| Err(format!("tool task failed: {e}")))
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            tools.run(&run_id, &call)
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("tool task failed: {e}")))
     }
 
     /// The file tools, run on the host. Only for the `none` tier and tests: a symlink the

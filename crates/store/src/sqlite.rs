@@ -182,7 +182,7 @@ impl SqliteStore {
             .ok_or_else(stopped)?
             .send(job)
             .map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
+        rx.await.map_err(|_| stopped())?.into_outcome()
     }
 }
 
@@ -369,9 +369,15 @@ impl Store for SqliteStore {
 
     async fn create_run(&self, scope: &Scope, id: &RunId, first: NewEvent) -> Result<Run> {
         let (scope, id) = (scope.clone(), id.clone());
-        self.write_runs(move |ctx| write::create_run(ctx, &scope, &id, first))
-            .await
-            .map(owned)
+        let (run, first) = self
+            .write_runs(move |ctx| {
+                let (run, first, note) = write::create_run(ctx, &scope, &id, first)?;
+                Ok(((run, first), note))
+            })
+            .await?;
+        // Freed here, where it was made (see `write::Encoded`).
+        drop(first);
+        Ok(owned(run))
     }
 
     async fn get_run(&self, scope: &Scope, id: &RunId) -> Result<Option<Run>> {
@@ -409,13 +415,19 @@ impl Store for SqliteStore {
             events,
         } = batch;
         // Encoded here, on the caller's thread, so the single writer thread does not have to.
-        let events = events
+        let mut events = events
             .into_iter()
             .map(write::Encoded::new)
             .collect::<Result<Vec<_>>>()?;
-        self.write_runs(move |ctx| write::append(ctx, &scope, &run_id, expected_seq, events))
-            .await
-            .map(owned)
+        let (run, events) = self
+            .write_runs(move |ctx| {
+                let (run, note) = write::append(ctx, &scope, &run_id, expected_seq, &mut events)?;
+                Ok(((run, events), note))
+            })
+            .await?;
+        // Freed here, where they were made (see `write::Encoded`).
+        drop(events);
+        Ok(owned(run))
     }
 
     async fn events(

@@ -217,11 +217,25 @@ struct Pending<T, F> {
     work: Option<F>,
     outcome: Option<Result<T>>,
     note: Option<Committed>,
-    reply: oneshot::Sender<Result<T>>,
+    reply: Option<oneshot::Sender<Reply<T>>>,
+}
+
+/// An operation's outcome, sent back with the job that carried it: the caller's thread, which
+/// allocated the job, frees it too. Freed by the writer, another thread's allocations made it
+/// queue on that thread's allocator lock, and every write waits for the writer.
+pub(super) struct Reply<T> {
+    outcome: Result<T>,
+    _job: Box<dyn std::any::Any + Send>,
+}
+
+impl<T> Reply<T> {
+    pub(super) fn into_outcome(self) -> Result<T> {
+        self.outcome
+    }
 }
 
 /// Wraps an operation and its reply channel as a [`Job`] for the writer.
-pub(super) fn pending<T, F>(work: F, reply: oneshot::Sender<Result<T>>) -> Box<dyn Job>
+pub(super) fn pending<T, F>(work: F, reply: oneshot::Sender<Reply<T>>) -> Box<dyn Job>
 where
     T: Send + 'static,
     F: FnOnce(&mut Ctx<'_>) -> Result<(T, Option<Committed>)> + Send + 'static,
@@ -230,7 +244,7 @@ where
         work: Some(work),
         outcome: None,
         note: None,
-        reply,
+        reply: Some(reply),
     })
 }
 
@@ -265,13 +279,18 @@ where
         self.note.clone()
     }
 
-    fn reply(self: Box<Self>) {
-        let outcome = self.outcome.unwrap_or_else(|| {
+    fn reply(mut self: Box<Self>) {
+        let outcome = self.outcome.take().unwrap_or_else(|| {
             Err(StoreError::Backend(
                 "the store operation failed unexpectedly".to_owned(),
             ))
         });
-        let _ = self.reply.send(outcome);
+        if let Some(reply) = self.reply.take() {
+            let _ = reply.send(Reply {
+                outcome,
+                _job: self,
+            });
+        }
     }
 }
 
@@ -285,8 +304,9 @@ pub(super) fn run(
     finished: &Finished,
 ) {
     let mut runs = RunCache::default();
+    // Kept from batch to batch rather than grown each time.
+    let mut batch = Vec::with_capacity(64);
     while let Ok(first) = queue.recv() {
-        let mut batch = Vec::with_capacity(16);
         batch.push(first);
         while batch.len() < super::MAX_BATCH {
             match queue.try_recv() {
@@ -295,7 +315,7 @@ pub(super) fn run(
             }
         }
         commit_batch(conn, &mut runs, &mut batch, notify, commits, finished);
-        for job in batch {
+        for job in batch.drain(..) {
             job.reply();
         }
     }
@@ -416,7 +436,7 @@ pub(super) fn create_run(
     scope: &Scope,
     id: &RunId,
     first: NewEvent,
-) -> Result<(Arc<Run>, Option<Committed>)> {
+) -> Result<(Arc<Run>, Event, Option<Committed>)> {
     let conn = ctx.conn;
     let first = Event {
         seq: 1,
@@ -456,19 +476,26 @@ pub(super) fn create_run(
     // A worker appends to it as soon as it is claimed.
     let run = Arc::new(run);
     ctx.runs.put(scope, end_user, &run);
-    Ok((run, Some(note)))
+    Ok((run, first, Some(note)))
 }
 
 /// A new event and its kind as stored (JSON), encoded before it reaches the writer so that the
-/// one thread that writes does not spend its time encoding.
+/// one thread that writes does not spend its time encoding. The writer numbers it and gives it
+/// back with its answer: freed by the thread that allocated it, it never makes the writer wait
+/// on another thread's allocator lock.
 pub(super) struct Encoded {
-    event: NewEvent,
+    event: Event,
     json: String,
 }
 
 impl Encoded {
     pub(super) fn new(event: NewEvent) -> Result<Self> {
         let json = to_json(&event.kind)?;
+        let event = Event {
+            seq: 0,
+            at: event.at,
+            kind: event.kind,
+        };
         Ok(Self { event, json })
     }
 }
@@ -478,7 +505,7 @@ pub(super) fn append(
     scope: &Scope,
     run_id: &RunId,
     expected_seq: Option<u64>,
-    events: Vec<Encoded>,
+    events: &mut [Encoded],
 ) -> Result<(Arc<Run>, Option<Committed>)> {
     let (run, end_user) = load_run(ctx, scope, run_id)?.ok_or(StoreError::NotFound("run"))?;
     append_events(ctx, scope, run, end_user.as_deref(), expected_seq, events)
@@ -520,8 +547,8 @@ pub(super) fn decide_approval(
         decision,
         comment,
     });
-    let events = vec![Encoded::new(event)?];
-    append_events(ctx, scope, run, run_end_user.as_deref(), None, events)
+    let mut events = [Encoded::new(event)?];
+    append_events(ctx, scope, run, run_end_user.as_deref(), None, &mut events)
 }
 
 /// Leases the oldest runs a worker may take: queued or running, with no live lease. Waiting and
@@ -826,7 +853,8 @@ fn load_run(
 }
 
 fn insert_event(conn: &Connection, run_id: &RunId, ev: &Event) -> Result<()> {
-    insert_events(conn, run_id, &[(ev.seq, ev.at, to_json(&ev.kind)?)])
+    let json = to_json(&ev.kind)?;
+    insert_events(conn, run_id, &[(ev.seq, ev.at, &json)])
 }
 
 /// Most events inserted by one statement; more take several.
@@ -849,7 +877,7 @@ static INSERT_EVENTS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::ne
 
 /// Inserts a run's events, given as (seq, at, encoded kind), several rows per statement: an
 /// append's events cost one statement execution instead of one each.
-fn insert_events(conn: &Connection, run_id: &RunId, events: &[(u64, i64, String)]) -> Result<()> {
+fn insert_events(conn: &Connection, run_id: &RunId, events: &[(u64, i64, &str)]) -> Result<()> {
     for chunk in events.chunks(EVENTS_PER_INSERT) {
         let sql = INSERT_EVENTS
             .get(chunk.len())
@@ -859,7 +887,7 @@ fn insert_events(conn: &Connection, run_id: &RunId, events: &[(u64, i64, String)
         for (i, (seq, at, kind)) in chunk.iter().enumerate() {
             stmt.raw_bind_parameter(2 + 3 * i, *seq as i64)?;
             stmt.raw_bind_parameter(3 + 3 * i, *at)?;
-            stmt.raw_bind_parameter(4 + 3 * i, kind.as_str())?;
+            stmt.raw_bind_parameter(4 + 3 * i, *kind)?;
         }
         stmt.raw_execute()?;
     }
@@ -874,7 +902,7 @@ fn append_events(
     mut shared: Arc<Run>,
     end_user: Option<&str>,
     expected_seq: Option<u64>,
-    events: Vec<Encoded>,
+    events: &mut [Encoded],
 ) -> Result<(Arc<Run>, Option<Committed>)> {
     let conn = ctx.conn;
     if shared.status.is_terminal() {
@@ -895,21 +923,18 @@ fn append_events(
     let run = Arc::make_mut(&mut shared);
     let (from_seq, from_status) = (run.last_seq, run.status);
     let mut rows = Vec::with_capacity(events.len());
-    for Encoded { event: new, json } in events {
+    for Encoded { event: ev, json } in events.iter_mut() {
         // A batch may end a run but not go on after the end.
         if run.status.is_terminal() {
             return Err(StoreError::Terminal(run.status));
         }
-        let ev = Event {
-            seq: run.last_seq + 1,
-            at: new.at,
-            kind: new.kind,
-        };
-        run.apply(&ev);
-        rows.push((ev.seq, ev.at, json));
-        project_approval(conn, scope, run, end_user, &ev)?;
-        super::usage::on_event(conn, scope, run, end_user, &ev)?;
-        super::trail::on_event(conn, scope, run, end_user, &ev)?;
+        ev.seq = run.last_seq + 1;
+        let ev = &*ev;
+        run.apply(ev);
+        rows.push((ev.seq, ev.at, json.as_str()));
+        project_approval(conn, scope, run, end_user, ev)?;
+        super::usage::on_event(conn, scope, run, end_user, ev)?;
+        super::trail::on_event(conn, scope, run, end_user, ev)?;
     }
     insert_events(conn, &run.id, &rows)?;
     let terminal = run.status.is_terminal();
@@ -1244,7 +1269,8 @@ mod tests {
         // append back, and the writer's cache must follow.
         let failed = store
             .write_runs(move |ctx| -> Result<((), Option<Committed>)> {
-                let (run, _) = append(ctx, &scope, &id, Some(1), vec![Encoded::new(started())?])?;
+                let mut events = [Encoded::new(started())?];
+                let (run, _) = append(ctx, &scope, &id, Some(1), &mut events)?;
                 assert_eq!(run.last_seq, 2);
                 Err(StoreError::Backend("injected".to_owned()))
             })
