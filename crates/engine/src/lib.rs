@@ -389,15 +389,19 @@ impl Engine {
                 tracing::warn!(run_id = %run_id, error = %e, "run stopped");
             }
             // Ended (by this worker, or cancelled under it): its tools' resources can go.
-            if !me.shutdown.is_cancelled()
-                && let Ok(Some(run)) = me.store.get_run(&scope, &run_id).await
-                && run.status.is_terminal()
-            {
+            let ended = !me.shutdown.is_cancelled()
+                && matches!(
+                    me.store.get_run(&scope, &run_id).await,
+                    Ok(Some(run)) if run.status.is_terminal()
+                );
+            if ended {
                 me.tools.run_ended(&run_id).await;
             }
             // Hand the lease back unless the process is shutting down (then it expires and the
-            // next process recovers the run).
+            // next process recovers the run). A finished run's lease went with the append that
+            // ended it, so it costs no write here.
             if !me.shutdown.is_cancelled()
+                && !ended
                 && let Err(e) = me.store.release(&me.worker, &run_id).await
             {
                 tracing::warn!(run_id = %run_id, error = %e, "releasing lease failed");

@@ -193,7 +193,7 @@ async fn the_schema_is_versioned_and_in_wal_mode() {
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
     assert_eq!(version, paddock_store::sqlite::SCHEMA_VERSION);
-    assert_eq!(version, 8);
+    assert_eq!(version, 9);
     let mode: String = db
         .pragma_query_value(None, "journal_mode", |r| r.get(0))
         .unwrap();
@@ -248,6 +248,22 @@ async fn a_version_1_database_is_migrated_keeping_its_data() {
             [def],
         )
         .unwrap();
+        // A journal, written out of order across two runs as concurrent runs interleave.
+        for run in ["run_a", "run_b"] {
+            db.execute(
+                "INSERT INTO runs (id, org, workspace, agent, status, created_at, last_seq, run)
+                 VALUES (?1, 'org_default', 'ws_default', 'alpha', 'running', 1, 2, '{}')",
+                [run],
+            )
+            .unwrap();
+        }
+        for (run, seq) in [("run_b", 1), ("run_a", 1), ("run_a", 2), ("run_b", 2)] {
+            db.execute(
+                "INSERT INTO events (run_id, seq, at, kind) VALUES (?1, ?2, 7, ?3)",
+                rusqlite::params![run, seq, format!("{run}/{seq}")],
+            )
+            .unwrap();
+        }
     }
     let store = SqliteStore::open(dir.path()).unwrap();
     let s = Scope::default_workspace();
@@ -270,7 +286,25 @@ async fn a_version_1_database_is_migrated_keeping_its_data() {
     let version: i64 = db
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 8);
+    assert_eq!(version, 9);
+    // Every event kept, in each run's order, and (run, seq) still unique.
+    let journal: Vec<String> = db
+        .prepare("SELECT kind FROM events WHERE run_id = 'run_a' ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(journal, ["run_a/1", "run_a/2"]);
+    let total: i64 = db
+        .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(total, 4);
+    let again = db.execute(
+        "INSERT INTO events (run_id, seq, at, kind) VALUES ('run_b', 2, 7, 'x')",
+        [],
+    );
+    assert!(again.is_err(), "a second run_b/2 was accepted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
