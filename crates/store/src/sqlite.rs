@@ -2,10 +2,10 @@
 //!
 //! Writes go through one writer thread that owns the only read-write connection. It takes every
 //! operation already queued (up to [`MAX_BATCH`]), runs them in one `BEGIN IMMEDIATE` transaction
-//! with a savepoint each (so one failing operation does not sink the others), commits once — one
-//! fsync for the whole batch — and only then answers the callers and publishes [`Committed`].
-//! While it waits on the disk, the next batch queues up, so concurrent runs share fsyncs without
-//! any timer.
+//! where one failing operation does not sink the others (each has its own savepoint, or refuses
+//! before writing anything; see `write::Isolation`), commits once — one fsync for the whole
+//! batch — and only then answers the callers and publishes [`Committed`]. While it waits on the
+//! disk, the next batch queues up, so concurrent runs share fsyncs without any timer.
 //!
 //! Reads go to a small pool of read-only connections on blocking threads; WAL lets them run
 //! beside the writer.
@@ -21,6 +21,8 @@ mod secrets;
 mod trail;
 mod usage;
 mod write;
+
+use write::Isolation;
 
 use crate::{
     AgentRecord, Append, AuditFilter, Claimed, Committed, DataKeyRecord, IdempotencyClaim,
@@ -73,7 +75,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("sqlite/migrations/0006_members.sql"),
     include_str!("sqlite/migrations/0007_end_users_budgets.sql"),
     include_str!("sqlite/migrations/0008_key_scopes.sql"),
-    include_str!("sqlite/migrations/0009_events_append_order.sql"),
+    include_str!("sqlite/migrations/0009_journal.sql"),
 ];
 
 /// The schema version (`PRAGMA user_version`) this binary migrates databases to.
@@ -165,19 +167,21 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<(T, Option<Committed>)> + Send + 'static,
     {
-        self.write_runs(move |ctx: &mut write::Ctx<'_>| work(ctx.conn))
-            .await
+        self.write_runs(Isolation::Savepoint, move |ctx: &mut write::Ctx<'_>| {
+            work(ctx.conn)
+        })
+        .await
     }
 
     /// [`SqliteStore::write`] for the operations that keep the writer's cache of run
-    /// projections: creating runs and appending to them.
-    async fn write_runs<T, F>(&self, work: F) -> Result<T>
+    /// projections: creating runs, appending to them, deciding approvals.
+    async fn write_runs<T, F>(&self, isolation: Isolation, work: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut write::Ctx<'_>) -> Result<(T, Option<Committed>)> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        let job = write::pending(work, tx);
+        let job = write::pending(isolation, work, tx);
         self.jobs
             .as_ref()
             .ok_or_else(stopped)?
@@ -371,7 +375,7 @@ impl Store for SqliteStore {
     async fn create_run(&self, scope: &Scope, id: &RunId, first: NewEvent) -> Result<Run> {
         let (scope, id) = (scope.clone(), id.clone());
         let (run, first) = self
-            .write_runs(move |ctx| {
+            .write_runs(Isolation::ChecksFirst, move |ctx| {
                 let (run, first, note) = write::create_run(ctx, &scope, &id, first)?;
                 Ok(((run, first), note))
             })
@@ -421,7 +425,7 @@ impl Store for SqliteStore {
             .map(write::Encoded::new)
             .collect::<Result<Vec<_>>>()?;
         let (run, events) = self
-            .write_runs(move |ctx| {
+            .write_runs(Isolation::ChecksFirst, move |ctx| {
                 let (run, note) = write::append(ctx, &scope, &run_id, expected_seq, &mut events)?;
                 Ok(((run, events), note))
             })
@@ -482,7 +486,7 @@ impl Store for SqliteStore {
         comment: Option<String>,
     ) -> Result<Run> {
         let (scope, run_id, id) = (scope.clone(), run_id.clone(), id.clone());
-        self.write_runs(move |ctx| {
+        self.write_runs(Isolation::Savepoint, move |ctx| {
             write::decide_approval(ctx, &scope, &run_id, &id, decision, comment)
         })
         .await

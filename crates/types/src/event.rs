@@ -219,13 +219,19 @@ impl EventKind {
 
     /// True for the events that end a run.
     pub fn is_terminal(&self) -> bool {
-        matches!(
-            self,
-            EventKind::RunSucceeded { .. }
-                | EventKind::RunFailed { .. }
-                | EventKind::RunTimedOut { .. }
-                | EventKind::RunCancelled { .. }
-        )
+        self.final_status().is_some()
+    }
+
+    /// The status a run ends in with this event, for the events that end a run.
+    pub fn final_status(&self) -> Option<crate::RunStatus> {
+        use crate::RunStatus;
+        match self {
+            EventKind::RunSucceeded { .. } => Some(RunStatus::Succeeded),
+            EventKind::RunFailed { .. } => Some(RunStatus::Failed),
+            EventKind::RunTimedOut { .. } => Some(RunStatus::TimedOut),
+            EventKind::RunCancelled { .. } => Some(RunStatus::Cancelled),
+            _ => None,
+        }
     }
 }
 

@@ -280,32 +280,47 @@ pub(super) fn events(
         return Err(StoreError::NotFound("run"));
     }
     let after = i64::try_from(after).unwrap_or(i64::MAX);
-    let events = {
+    let mut events = Vec::new();
+    {
         // The limit is applied by stopping the scan, not by `LIMIT ?`: SQLite's planner reads a
         // bound LIMIT's value, so every new binding would make it prepare the statement again.
         let mut stmt = tx.prepare_cached(
-            "SELECT seq, at, kind FROM events WHERE run_id = ?1 AND seq > ?2 ORDER BY seq",
+            "SELECT first_seq, events FROM journal
+             WHERE run_id = ?1 AND last_seq > ?2 ORDER BY last_seq",
         )?;
-        let rows = stmt.query_map(params![run_id.as_str(), after], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, String>(2)?,
-            ))
-        })?;
-        let mut events = Vec::new();
-        for row in rows.take(limit as usize) {
-            let (seq, at, kind) = row?;
-            events.push(Event {
-                seq: seq as u64,
-                at,
-                kind: from_json(&kind)?,
-            });
+        let mut rows = stmt.query(params![run_id.as_str(), after])?;
+        // One row per append (see migration 0009); the first row may start before `after`.
+        'rows: while events.len() < limit as usize {
+            let Some(row) = rows.next()? else { break };
+            let first: i64 = row.get(0)?;
+            let text = row.get_ref(1)?.as_str().map_err(|e| {
+                StoreError::Backend(format!("corrupt journal row of run {run_id}: {e}"))
+            })?;
+            let appended: Vec<Stored> = from_json(text)?;
+            for (seq, stored) in (first..).zip(appended) {
+                if seq <= after {
+                    continue;
+                }
+                if events.len() >= limit as usize {
+                    break 'rows;
+                }
+                events.push(Event {
+                    seq: seq as u64,
+                    at: stored.at,
+                    kind: stored.kind,
+                });
+            }
         }
-        events
-    };
+    }
     tx.finish()?;
     Ok(events)
+}
+
+/// One event of a journal row, which holds the events of one append from its `first_seq` on.
+#[derive(serde::Deserialize)]
+struct Stored {
+    at: Millis,
+    kind: paddock_types::EventKind,
 }
 
 const APPROVAL_COLUMNS: &str =

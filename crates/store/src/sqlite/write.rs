@@ -1,6 +1,8 @@
 //! The writer thread and every operation that changes the database.
 //!
-//! Each operation runs inside the batch transaction, in its own savepoint; it must not commit.
+//! Each operation runs inside the batch transaction and must not commit. Most run in their own
+//! savepoint; the few that run at every step of every run and refuse before their first write
+//! do without ([`Isolation`]).
 //! Nothing here may be observed before the batch commits: answers and notifications wait for
 //! [`run`] to finish the batch.
 //!
@@ -200,12 +202,29 @@ impl Finished {
     }
 }
 
+/// How an operation is kept apart from the others of its batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Isolation {
+    /// In its own savepoint: a failure anywhere in it takes back just its own writes.
+    Savepoint,
+    /// No savepoint, for the operations that run at every step (creating runs and appending to
+    /// them): they check everything before their first write, so a refusal (a conflict, a
+    /// finished run) leaves nothing to take back, and they skip the savepoint's cost of copying
+    /// every page they touch. One that fails after writing (an invariant broken, the disk
+    /// failing) takes the whole batch down: every operation in it fails and nothing is
+    /// committed.
+    ChecksFirst,
+}
+
 /// One queued write operation and the caller waiting for it.
 pub(super) trait Job: Send {
+    /// Whether the operation needs its own savepoint.
+    fn isolation(&self) -> Isolation;
     /// Runs the operation on the open transaction; false if it failed (its savepoint is then
     /// rolled back and the other operations of the batch go on).
     fn run(&mut self, ctx: &mut Ctx<'_>) -> bool;
-    /// Replaces the outcome with a failure: the batch could not be committed.
+    /// Replaces the outcome with a failure, unless it failed already: the batch could not be
+    /// committed.
     fn fail(&mut self, msg: &str);
     /// What to announce once the batch is durable.
     fn committed(&self) -> Option<Committed>;
@@ -214,6 +233,7 @@ pub(super) trait Job: Send {
 }
 
 struct Pending<T, F> {
+    isolation: Isolation,
     work: Option<F>,
     outcome: Option<Result<T>>,
     note: Option<Committed>,
@@ -235,12 +255,17 @@ impl<T> Reply<T> {
 }
 
 /// Wraps an operation and its reply channel as a [`Job`] for the writer.
-pub(super) fn pending<T, F>(work: F, reply: oneshot::Sender<Reply<T>>) -> Box<dyn Job>
+pub(super) fn pending<T, F>(
+    isolation: Isolation,
+    work: F,
+    reply: oneshot::Sender<Reply<T>>,
+) -> Box<dyn Job>
 where
     T: Send + 'static,
     F: FnOnce(&mut Ctx<'_>) -> Result<(T, Option<Committed>)> + Send + 'static,
 {
     Box::new(Pending {
+        isolation,
         work: Some(work),
         outcome: None,
         note: None,
@@ -253,6 +278,10 @@ where
     T: Send + 'static,
     F: FnOnce(&mut Ctx<'_>) -> Result<(T, Option<Committed>)> + Send + 'static,
 {
+    fn isolation(&self) -> Isolation {
+        self.isolation
+    }
+
     fn run(&mut self, ctx: &mut Ctx<'_>) -> bool {
         let Some(work) = self.work.take() else {
             return false;
@@ -271,7 +300,10 @@ where
     }
 
     fn fail(&mut self, msg: &str) {
-        self.outcome = Some(Err(StoreError::Backend(msg.to_owned())));
+        // An operation that failed keeps its own reason: none of it happened either way.
+        if !matches!(self.outcome, Some(Err(_))) {
+            self.outcome = Some(Err(StoreError::Backend(msg.to_owned())));
+        }
         self.note = None;
     }
 
@@ -336,10 +368,14 @@ fn commit_batch(
     finished: &Finished,
 ) {
     let conn = &*conn;
-    let outcome = (|| -> rusqlite::Result<()> {
+    let outcome = (|| -> Result<()> {
         control(conn, "BEGIN IMMEDIATE")?;
         for job in batch.iter_mut() {
-            control(conn, "SAVEPOINT op")?;
+            let savepoint = job.isolation() == Isolation::Savepoint;
+            if savepoint {
+                control(conn, "SAVEPOINT op")?;
+            }
+            let changes = conn.total_changes();
             let mut ctx = Ctx {
                 conn,
                 runs: &mut *runs,
@@ -351,13 +387,24 @@ fn commit_batch(
                 runs.keep_touched();
             } else {
                 runs.forget_touched();
-                // If even this fails the transaction's state is unknown, so the whole batch
-                // fails.
-                control(conn, "ROLLBACK TO op")?;
+                if savepoint {
+                    // If even this fails the transaction's state is unknown, so the whole batch
+                    // fails.
+                    control(conn, "ROLLBACK TO op")?;
+                } else if conn.total_changes() != changes {
+                    // It wrote before failing, and only the whole batch can take that back. (A
+                    // statement that fails undoes its own changes and does not count.)
+                    return Err(StoreError::Backend(
+                        "an operation failed part way, so its batch was rolled back".to_owned(),
+                    ));
+                }
             }
-            control(conn, "RELEASE op")?;
+            if savepoint {
+                control(conn, "RELEASE op")?;
+            }
         }
-        control(conn, "COMMIT")
+        control(conn, "COMMIT")?;
+        Ok(())
     })();
     match outcome {
         Ok(()) => {
@@ -854,48 +901,40 @@ fn load_run(
 
 fn insert_event(conn: &Connection, run_id: &RunId, ev: &Event) -> Result<()> {
     let json = to_json(&ev.kind)?;
-    insert_events(conn, run_id, &[(ev.seq, ev.at, &json)])
+    insert_journal(conn, run_id, &[(ev.seq, ev.at, &json)])
 }
 
-/// Most events inserted by one statement; more take several.
-const EVENTS_PER_INSERT: usize = 8;
-
-/// `INSERT INTO events` statements for 0 to [`EVENTS_PER_INSERT`] rows, by row count.
-static INSERT_EVENTS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
-    (0..=EVENTS_PER_INSERT)
-        .map(|n| {
-            let rows: Vec<String> = (0..n)
-                .map(|i| format!("(?1, ?{}, ?{}, ?{})", 2 + 3 * i, 3 + 3 * i, 4 + 3 * i))
-                .collect();
-            format!(
-                "INSERT INTO events (run_id, seq, at, kind) VALUES {}",
-                rows.join(", ")
-            )
-        })
-        .collect()
-});
-
-/// Inserts a run's events, given as (seq, at, encoded kind), several rows per statement: an
-/// append's events cost one statement execution instead of one each.
-fn insert_events(conn: &Connection, run_id: &RunId, events: &[(u64, i64, &str)]) -> Result<()> {
-    for chunk in events.chunks(EVENTS_PER_INSERT) {
-        let sql = INSERT_EVENTS
-            .get(chunk.len())
-            .ok_or_else(|| StoreError::Backend("event batch too large".to_owned()))?;
-        let mut stmt = conn.prepare_cached(sql)?;
-        stmt.raw_bind_parameter(1, run_id.as_str())?;
-        for (i, (seq, at, kind)) in chunk.iter().enumerate() {
-            stmt.raw_bind_parameter(2 + 3 * i, *seq as i64)?;
-            stmt.raw_bind_parameter(3 + 3 * i, *at)?;
-            stmt.raw_bind_parameter(4 + 3 * i, *kind)?;
+/// Appends one journal row: a run's consecutive events, given as (seq, at, encoded kind). One
+/// row and one index entry per append, however many events it holds (see migration 0009).
+fn insert_journal(conn: &Connection, run_id: &RunId, events: &[(u64, i64, &str)]) -> Result<()> {
+    use std::fmt::Write as _;
+    let (Some(first), Some(last)) = (events.first(), events.last()) else {
+        return Ok(());
+    };
+    let mut text = String::with_capacity(events.iter().map(|e| e.2.len() + 32).sum::<usize>() + 2);
+    text.push('[');
+    for (i, (_, at, kind)) in events.iter().enumerate() {
+        if i > 0 {
+            text.push(',');
         }
-        stmt.raw_execute()?;
+        // Writing into a String cannot fail.
+        let _ = write!(text, "{{\"at\":{at},\"kind\":{kind}}}");
     }
+    text.push(']');
+    conn.prepare_cached(
+        "INSERT INTO journal (run_id, first_seq, last_seq, events) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![
+        run_id.as_str(),
+        first.0 as i64,
+        last.0 as i64,
+        text
+    ])?;
     Ok(())
 }
 
 /// Appends `events` after the run's last seq and keeps the run row and the approvals in step.
-/// Costs one write per event plus one run-row update, whatever the journal's length.
+/// Costs one journal row plus one run-row update, whatever the journal's length.
 fn append_events(
     ctx: &mut Ctx<'_>,
     scope: &Scope,
@@ -919,6 +958,15 @@ fn append_events(
     if events.is_empty() {
         return Ok((shared, None));
     }
+    // A batch may end a run but not go on after the end. Checked before the first write, as
+    // `Isolation::ChecksFirst` requires.
+    let last = events.len() - 1;
+    if let Some(end) = events[..last]
+        .iter()
+        .find_map(|e| e.event.kind.final_status())
+    {
+        return Err(StoreError::Terminal(end));
+    }
     // No copy: the caller of the last append has made its own by now.
     let run = Arc::make_mut(&mut shared);
     let (from_seq, from_status) = (run.last_seq, run.status);
@@ -936,7 +984,7 @@ fn append_events(
         super::usage::on_event(conn, scope, run, end_user, ev)?;
         super::trail::on_event(conn, scope, run, end_user, ev)?;
     }
-    insert_events(conn, &run.id, &rows)?;
+    insert_journal(conn, &run.id, &rows)?;
     let terminal = run.status.is_terminal();
     if terminal {
         // Nobody can act on an approval of a finished run any more.
@@ -1268,12 +1316,15 @@ mod tests {
         // The append succeeds inside the operation, which then fails: its savepoint takes the
         // append back, and the writer's cache must follow.
         let failed = store
-            .write_runs(move |ctx| -> Result<((), Option<Committed>)> {
-                let mut events = [Encoded::new(started())?];
-                let (run, _) = append(ctx, &scope, &id, Some(1), &mut events)?;
-                assert_eq!(run.last_seq, 2);
-                Err(StoreError::Backend("injected".to_owned()))
-            })
+            .write_runs(
+                Isolation::Savepoint,
+                move |ctx| -> Result<((), Option<Committed>)> {
+                    let mut events = [Encoded::new(started())?];
+                    let (run, _) = append(ctx, &scope, &id, Some(1), &mut events)?;
+                    assert_eq!(run.last_seq, 2);
+                    Err(StoreError::Backend("injected".to_owned()))
+                },
+            )
             .await;
         assert!(failed.is_err());
         let after = store
@@ -1297,6 +1348,136 @@ mod tests {
             .collect();
         assert_eq!(seqs, vec![1, 2]);
         assert_eq!(store.get_run(&s, &run.id).await.unwrap(), Some(after));
+    }
+
+    /// Holds the writer inside a batch of its own until the returned sender is dropped, so that
+    /// whatever is queued meanwhile commits as one batch.
+    async fn hold_writer(store: &Arc<SqliteStore>) -> std::sync::mpsc::Sender<()> {
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (entered, inside) = oneshot::channel();
+        let store2 = Arc::clone(store);
+        tokio::spawn(async move {
+            store2
+                .write(move |_| {
+                    let _ = entered.send(());
+                    let _ = held.recv();
+                    Ok(((), None))
+                })
+                .await
+        });
+        inside.await.unwrap();
+        release
+    }
+
+    fn one_append(ctx: &mut Ctx<'_>, scope: &Scope, id: &RunId, expected: u64) -> Result<Arc<Run>> {
+        let mut events = [Encoded::new(started())?];
+        Ok(append(ctx, scope, id, Some(expected), &mut events)?.0)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unisolated_operation_that_fails_after_writing_sinks_its_batch_only() {
+        let (_dir, store, s, run) = store_with_run().await;
+        let other = store
+            .create_run(&s, &RunId::new(), created("alpha"))
+            .await
+            .unwrap();
+        let release = hold_writer(&store).await;
+        let spawn = |fail_after_writing: bool, id: RunId| {
+            let (store, s) = (Arc::clone(&store), s.clone());
+            tokio::spawn(async move {
+                store
+                    .write_runs(Isolation::ChecksFirst, move |ctx| {
+                        let run = one_append(ctx, &s, &id, 1)?;
+                        if fail_after_writing {
+                            return Err(StoreError::Backend("injected".to_owned()));
+                        }
+                        Ok((run.last_seq, None))
+                    })
+                    .await
+            })
+        };
+        let good = spawn(false, run.id.clone());
+        let bad = spawn(true, other.id.clone());
+        // Both queued behind the held batch, so they commit (or not) together.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        drop(release);
+        let (good, bad) = (good.await.unwrap(), bad.await.unwrap());
+        assert!(
+            matches!(&bad, Err(StoreError::Backend(m)) if m == "injected"),
+            "{bad:?}"
+        );
+        assert!(
+            matches!(&good, Err(StoreError::Backend(m)) if m.contains("rolled back")),
+            "{good:?}"
+        );
+        // Nothing of the batch happened, and the writer's cache knows it.
+        for id in [&run.id, &other.id] {
+            assert_eq!(store.events(&s, id, 0, 100).await.unwrap().len(), 1);
+            let again = store
+                .append(
+                    &s,
+                    Append {
+                        run_id: id.clone(),
+                        expected_seq: Some(1),
+                        events: vec![started()],
+                    },
+                )
+                .await
+                .unwrap();
+            assert_eq!(again.last_seq, 2);
+        }
+
+        // A refusal before any write costs its batch nothing.
+        let release = hold_writer(&store).await;
+        let stale = spawn(false, other.id.clone());
+        let (store2, s2, id2) = (Arc::clone(&store), s.clone(), run.id.clone());
+        let fine = tokio::spawn(async move {
+            store2
+                .write_runs(Isolation::ChecksFirst, move |ctx| {
+                    Ok((one_append(ctx, &s2, &id2, 2)?.last_seq, None))
+                })
+                .await
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        drop(release);
+        let stale = stale.await.unwrap();
+        assert!(
+            matches!(
+                stale,
+                Err(StoreError::Conflict {
+                    expected: 1,
+                    actual: 2
+                })
+            ),
+            "{stale:?}"
+        );
+        assert_eq!(fine.await.unwrap().unwrap(), 3);
+        assert_eq!(store.events(&s, &run.id, 0, 100).await.unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn an_append_that_goes_on_after_the_end_is_refused_before_writing() {
+        let (_dir, store, s, run) = store_with_run().await;
+        let refused = store
+            .append(
+                &s,
+                Append {
+                    run_id: run.id.clone(),
+                    expected_seq: Some(1),
+                    events: vec![
+                        NewEvent::now(EventKind::RunCancelled { reason: None }),
+                        started(),
+                    ],
+                },
+            )
+            .await;
+        assert!(
+            matches!(refused, Err(StoreError::Terminal(RunStatus::Cancelled))),
+            "{refused:?}"
+        );
+        assert_eq!(store.events(&s, &run.id, 0, 100).await.unwrap().len(), 1);
+        let run = store.get_run(&s, &run.id).await.unwrap().unwrap();
+        assert_eq!((run.status, run.last_seq), (RunStatus::Queued, 1));
     }
 
     #[tokio::test]
@@ -1370,9 +1551,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn long_appends_take_several_insert_statements() {
+    async fn an_append_is_one_journal_row_read_back_event_by_event() {
         let (_dir, store, s, run) = store_with_run().await;
-        let events: Vec<NewEvent> = (0..2 * EVENTS_PER_INSERT + 3).map(|_| started()).collect();
+        let events: Vec<NewEvent> = (0..19).map(|_| started()).collect();
         let after = store
             .append(
                 &s,
@@ -1384,12 +1565,47 @@ mod tests {
             )
             .await
             .unwrap();
+        push_one(&store, &s, &run.id).await;
         let stored = store.events(&s, &run.id, 0, u32::MAX).await.unwrap();
-        assert_eq!(after.last_seq, stored.len() as u64);
+        assert_eq!(after.last_seq + 1, stored.len() as u64);
         let seqs: Vec<u64> = stored.iter().map(|e| e.seq).collect();
-        assert_eq!(seqs, (1..=events.len() as u64 + 1).collect::<Vec<_>>());
-        for (e, sent) in stored[1..].iter().zip(&events) {
+        assert_eq!(seqs, (1..=21).collect::<Vec<_>>());
+        for (e, sent) in stored[1..20].iter().zip(&events) {
             assert_eq!((e.at, &e.kind), (sent.at, &sent.kind));
         }
+        // Pages start and end inside a row, and cross into the next one.
+        for (from, limit) in [(5, 4), (0, 1), (19, 2), (18, 100), (21, 5), (3, 0)] {
+            let page = store.events(&s, &run.id, from, limit).await.unwrap();
+            let expected: Vec<u64> = (from + 1..=21).take(limit as usize).collect();
+            let got: Vec<u64> = page.iter().map(|e| e.seq).collect();
+            assert_eq!(got, expected, "after {from}, limit {limit}");
+        }
+        let id = run.id.clone();
+        let rows = store
+            .readers
+            .with(move |conn| {
+                Ok(conn.query_row(
+                    "SELECT count(*) FROM journal WHERE run_id = ?1",
+                    [id.as_str()],
+                    |r| r.get::<_, i64>(0),
+                )?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(rows, 3, "creation, the 19-event append and the last one");
+    }
+
+    async fn push_one(store: &SqliteStore, s: &Scope, id: &RunId) {
+        store
+            .append(
+                s,
+                Append {
+                    run_id: id.clone(),
+                    expected_seq: None,
+                    events: vec![started()],
+                },
+            )
+            .await
+            .unwrap();
     }
 }

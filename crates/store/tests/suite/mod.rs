@@ -260,7 +260,7 @@ async fn a_version_1_database_is_migrated_keeping_its_data() {
         for (run, seq) in [("run_b", 1), ("run_a", 1), ("run_a", 2), ("run_b", 2)] {
             db.execute(
                 "INSERT INTO events (run_id, seq, at, kind) VALUES (?1, ?2, 7, ?3)",
-                rusqlite::params![run, seq, format!("{run}/{seq}")],
+                rusqlite::params![run, seq, format!("\"{run}/{seq}\"")],
             )
             .unwrap();
         }
@@ -287,21 +287,35 @@ async fn a_version_1_database_is_migrated_keeping_its_data() {
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
     assert_eq!(version, 9);
-    // Every event kept, in each run's order, and (run, seq) still unique.
-    let journal: Vec<String> = db
-        .prepare("SELECT kind FROM events WHERE run_id = 'run_a' ORDER BY seq")
+    // Every event kept, in each run's order, one journal row each, and (run, seq) still unique.
+    let journal: Vec<(i64, i64, String)> = db
+        .prepare("SELECT first_seq, last_seq, events FROM journal WHERE run_id = 'run_a' ORDER BY last_seq")
         .unwrap()
-        .query_map([], |r| r.get(0))
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(journal, ["run_a/1", "run_a/2"]);
+    let parsed: Vec<serde_json::Value> = journal
+        .iter()
+        .map(|(_, _, e)| serde_json::from_str(e).unwrap())
+        .collect();
+    assert_eq!(
+        (journal[0].0, journal[0].1, journal[1].0, journal[1].1),
+        (1, 1, 2, 2)
+    );
+    assert_eq!(
+        parsed,
+        [
+            serde_json::json!([{"at": 7, "kind": "run_a/1"}]),
+            serde_json::json!([{"at": 7, "kind": "run_a/2"}])
+        ]
+    );
     let total: i64 = db
-        .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+        .query_row("SELECT count(*) FROM journal", [], |r| r.get(0))
         .unwrap();
     assert_eq!(total, 4);
     let again = db.execute(
-        "INSERT INTO events (run_id, seq, at, kind) VALUES ('run_b', 2, 7, 'x')",
+        "INSERT INTO journal (run_id, first_seq, last_seq, events) VALUES ('run_b', 2, 2, '[]')",
         [],
     );
     assert!(again.is_err(), "a second run_b/2 was accepted");
