@@ -169,7 +169,7 @@ impl SandboxTools {
                 if out.success() { Ok(text) } else { Err(text) }
             }
             "read_file" | "write_file" | "list_files" if in_process => {
-                self.host_files.run_off_thread(ctx.run_id, call).await
+                self.host_files.run_async(ctx.run_id, call).await
             }
             "read_file" => {
                 let rel = str_arg(args, "path")?;

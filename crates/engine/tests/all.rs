@@ -241,10 +241,7 @@ async fn a_started_non_idempotent_tool_call_is_not_rerun() {
     assert_eq!(run.status, RunStatus::Failed);
     assert_eq!(run.error.unwrap().code, ErrorCode::ToolOutcomeUnknown);
     assert!(
-        !h.dir
-            .path()
-            .join("workspaces")
-            .join(run.id.as_str())
+        !paddock_harness::tools::workspace_dir(&h.dir.path().join("workspaces"), &run.id)
             .join("a.txt")
             .exists(),
         "the tool must not have run again"
@@ -409,10 +406,7 @@ async fn approvals_park_the_run_and_a_denial_goes_back_to_the_model() {
     });
     assert!(denial.unwrap().contains("not today"));
     assert!(
-        !h.dir
-            .path()
-            .join("workspaces")
-            .join(run.id.as_str())
+        !paddock_harness::tools::workspace_dir(&h.dir.path().join("workspaces"), &run.id)
             .join("a")
             .exists(),
         "a denied call must not run"
@@ -499,9 +493,7 @@ async fn runs_survive_a_restart_of_the_engine() {
         .unwrap();
     assert_eq!(run.status, RunStatus::Succeeded, "{run:?}");
     assert!(
-        dir.path()
-            .join("workspaces")
-            .join(id.as_str())
+        paddock_harness::tools::workspace_dir(&dir.path().join("workspaces"), &id)
             .join("a")
             .exists()
     );

@@ -161,7 +161,7 @@ const MAX_BLOCKING_CALLS: usize = 8;
 pub struct WorkspaceTools {
     root: PathBuf,
     /// Calls running on the blocking pool at once (shared by clones); see
-    /// [`WorkspaceTools::run_off_thread`].
+    /// [`WorkspaceTools::run_async`].
     slots: Arc<Semaphore>,
 }
 
@@ -178,20 +178,25 @@ impl WorkspaceTools {
         }
     }
 
-    /// The workspace folder of a run.
+    /// The workspace folder of a run ([`workspace_dir`] under this root).
     pub fn workspace(&self, run_id: &RunId) -> PathBuf {
-        self.root.join(run_id.as_str())
+        workspace_dir(&self.root, run_id)
     }
 
-    /// [`WorkspaceTools::run`] on the blocking pool: file system calls can block for
-    /// milliseconds (creating a workspace allocates inodes), and inline they would stall one of
-    /// the runtime's few worker threads.
+    /// [`WorkspaceTools::run`] from async code. A small write runs right here: it is a handful of
+    /// system calls on the page cache (tens of microseconds), bounded by its content, and handing
+    /// it to the blocking pool cost more than the call itself (a quarter of the throughput of 200
+    /// concurrent runs writing files). Reads and listings cost what the workspace holds, which
+    /// the run controls, so they go to the blocking pool.
     ///
-    /// About as many at once as there are CPUs; the rest wait their turn here. Unbounded, a few
-    /// hundred concurrent runs kept a hundred blocking threads busy with calls of a few
-    /// microseconds each, and the store's writer, which every step waits for, spent a third of
-    /// its time queued behind them for a CPU.
-    pub async fn run_off_thread(&self, run_id: &RunId, call: &ToolCall) -> Result<String, String> {
+    /// About as many pool calls at once as there are CPUs; the rest wait their turn here.
+    /// Unbounded, a few hundred concurrent runs kept a hundred blocking threads busy with calls of
+    /// a few microseconds each, and the store's writer, which every step waits for, spent a third
+    /// of its time queued behind them for a CPU.
+    pub async fn run_async(&self, run_id: &RunId, call: &ToolCall) -> Result<String, String> {
+        if is_small_write(call) {
+            return self.run(run_id, call);
+        }
         let Ok(slot) = Arc::clone(&self.slots).acquire_owned().await else {
             return Err("the file tools are shut down".to_owned());
         };
@@ -296,11 +301,23 @@ impl ToolExecutor for WorkspaceTools {
     }
 
     async fn execute(&self, ctx: ToolContext<'_>, call: &ToolCall) -> ToolOutput {
-        match self.run_off_thread(ctx.run_id, call).await {
+        match self.run_async(ctx.run_id, call).await {
             Ok(out) => ToolOutput::ok(out),
             Err(e) => ToolOutput::error(e),
         }
     }
+}
+
+/// Largest `write_file` content run on the caller's thread ([`WorkspaceTools::run_async`]).
+const SMALL_WRITE: usize = 16 * 1024;
+
+fn is_small_write(call: &ToolCall) -> bool {
+    call.name == "write_file"
+        && call
+            .arguments
+            .get("content")
+            .and_then(Value::as_str)
+            .is_some_and(|c| c.len() <= SMALL_WRITE)
 }
 
 /// A string argument of a tool call, or a message for the model saying what is wrong.
@@ -312,14 +329,29 @@ pub fn str_arg<'a>(args: &'a Value, name: &str) -> Result<&'a str, String> {
     }
 }
 
+/// The workspace folder of a run under `root`: `root/<shard>/<run_id>`, the shard being the
+/// id's last two characters (random in a generated id), so 256 or so shards share the runs.
+///
+/// Why shards: on ext4, where a new folder's inode goes depends on its parent. Placed beside each
+/// other in one folder, every new workspace (and its files) paid a linear scan past each recently
+/// deleted inode of that folder's block group (ext4 without a journal will not reuse those for a
+/// minute or more), about a millisecond per run once runs were being deleted; marking that folder
+/// as a top of hierarchy instead (see [`prepare_root`]) made ext4 weigh every block group for each
+/// new workspace, about 0.2 ms each. The shards are created once, spread over the groups by that
+/// mark, and each holds a 256th of the churn.
+pub fn workspace_dir(root: &Path, run_id: &RunId) -> PathBuf {
+    let id = run_id.as_str();
+    let mut cut = id.len().saturating_sub(2);
+    while !id.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    root.join(&id[cut..]).join(id)
+}
+
 /// Creates the folder of the runs' workspaces and, on Linux file systems that support it (ext4),
-/// gives it the "top of directory hierarchy" attribute (`chattr +T`). Each workspace is the top of
-/// its own small tree, and the attribute tells the inode allocator so: it spreads workspaces over
-/// the disk's block groups instead of packing them into their parent's group. Packed, every new
-/// workspace folder and file paid for a linear scan past each recently deleted inode of that
-/// group (ext4 without a journal refuses to reuse those for a while), which in a busy parent such
-/// as a shared `/tmp` cost about a millisecond of kernel time per run. Best effort: where the
-/// attribute is not supported, workspaces are placed as the file system likes.
+/// gives it the "top of directory hierarchy" attribute (`chattr +T`), which spreads its shard
+/// folders over the disk's block groups ([`workspace_dir`]). Best effort: where the attribute is
+/// not supported, the shards are placed as the file system likes.
 fn prepare_root(root: &Path) {
     if let Err(e) = std::fs::create_dir_all(root).and_then(|()| mark_top_folder(root)) {
         tracing::debug!(root = %root.display(), error = %e, "workspace root not marked as a top folder");
@@ -410,6 +442,21 @@ mod tests {
     }
 
     #[test]
+    fn workspaces_are_sharded_by_the_last_two_characters_of_the_run_id() {
+        let root = Path::new("/data/workspaces");
+        let id = RunId::parse("run_0190abcdef12").unwrap();
+        assert_eq!(
+            workspace_dir(root, &id),
+            root.join("12").join("run_0190abcdef12")
+        );
+        let tools = WorkspaceTools {
+            root: root.to_path_buf(),
+            slots: Arc::new(Semaphore::new(1)),
+        };
+        assert_eq!(tools.workspace(&id), workspace_dir(root, &id));
+    }
+
+    #[test]
     fn a_workspace_appears_with_its_first_write_and_writes_replace_content() {
         let dir = tempfile::tempdir().unwrap();
         let tools = WorkspaceTools::new(dir.path().join("workspaces"));
@@ -471,6 +518,16 @@ mod tests {
             .execute(ctx(&scope, &run, &agent), &call("list_files", json!({})))
             .await;
         assert_eq!(l, ToolOutput::ok("a/"));
+        // Small writes run on the caller's thread, larger ones on the blocking pool: both land.
+        for len in [SMALL_WRITE, SMALL_WRITE + 1] {
+            let big = "y".repeat(len);
+            let write = call("write_file", json!({"path": "big.txt", "content": big}));
+            assert_eq!(is_small_write(&write), len == SMALL_WRITE);
+            let w = tools.execute(ctx(&scope, &run, &agent), &write).await;
+            assert!(!w.is_error, "{w:?}");
+            let read = std::fs::read(tools.workspace(&run).join("big.txt")).unwrap();
+            assert_eq!(read.len(), len);
+        }
         for bad in ["../x", "/etc/passwd", "a/../../x", ""] {
             let r = tools
                 .execute(

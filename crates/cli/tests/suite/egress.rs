@@ -266,7 +266,10 @@ async fn a_runs_workspace_is_deleted_when_it_ends() {
         "the files are not in the workspace:\n{out}"
     );
     // Deleted once the run is over (right after its last event is committed).
-    let ws = e.server.data_dir().join("workspaces").join(&a.id);
+    let ws = paddock_harness::tools::workspace_dir(
+        &e.server.data_dir().join("workspaces"),
+        &paddock_types::RunId::parse(&a.id).unwrap(),
+    );
     let start = Instant::now();
     while ws.exists() {
         assert!(

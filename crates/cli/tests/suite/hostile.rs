@@ -112,7 +112,8 @@ impl Hostile {
     }
 
     fn workspace(&self, run_id: &str) -> PathBuf {
-        self.server.data_dir().join("workspaces").join(run_id)
+        let id = paddock_types::RunId::parse(run_id).unwrap();
+        paddock_harness::tools::workspace_dir(&self.server.data_dir().join("workspaces"), &id)
     }
 
     /// The server still answers and the canary outside every workspace is intact.
