@@ -58,7 +58,7 @@ impl Journal<'_> {
         match self
             .engine
             .store
-            .append(
+            .append_seq(
                 self.scope,
                 Append {
                     run_id: self.run_id.clone(),
@@ -68,8 +68,8 @@ impl Journal<'_> {
             )
             .await
         {
-            Ok(run) => {
-                self.durable_seq = run.last_seq;
+            Ok(last_seq) => {
+                self.durable_seq = last_seq;
                 Ok(())
             }
             Err(StoreError::Conflict { .. } | StoreError::Terminal(_)) => Err(Stop::Superseded),

@@ -610,9 +610,39 @@ pub async fn append_seqs_and_conflicts(store: DynStore) -> Outcome {
     let same = push(&*store, &s, &run.id, Vec::new()).await?;
     ensure_eq!(same, after);
 
+    // The engine's form: the new last seq only, with the same checks.
+    let seq = store
+        .append_seq(
+            &s,
+            Append {
+                run_id: run.id.clone(),
+                expected_seq: Some(5),
+                events: vec![started()],
+            },
+        )
+        .await?;
+    ensure_eq!(seq, 6);
+    let stale = store
+        .append_seq(
+            &s,
+            Append {
+                run_id: run.id.clone(),
+                expected_seq: Some(5),
+                events: vec![started()],
+            },
+        )
+        .await;
+    ensure_matches!(
+        stale,
+        Err(StoreError::Conflict {
+            expected: 5,
+            actual: 6
+        })
+    );
+
     let events = store.events(&s, &run.id, 0, u32::MAX).await?;
     let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
-    ensure_eq!(seqs, vec![1, 2, 3, 4, 5]);
+    ensure_eq!(seqs, vec![1, 2, 3, 4, 5, 6]);
     for (stored, sent) in events[1..4].iter().zip(&batch) {
         ensure_eq!(stored.kind, sent.kind);
         ensure_eq!(stored.at, sent.at);

@@ -302,6 +302,11 @@ pub trait Store: Send + Sync + 'static {
     /// Appends events to a run; durable on return (group-committed with concurrent appends).
     /// Returns the run projection after the append.
     async fn append(&self, scope: &Scope, batch: Append) -> Result<Run>;
+    /// [`Store::append`] for a caller that needs only the run's new last seq (the engine, at
+    /// every step), sparing a backend that answers from shared memory a copy of the run.
+    async fn append_seq(&self, scope: &Scope, batch: Append) -> Result<u64> {
+        Ok(self.append(scope, batch).await?.last_seq)
+    }
     /// Events with `seq > after`, oldest first, at most `limit`.
     async fn events(
         &self,

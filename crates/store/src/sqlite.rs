@@ -192,6 +192,30 @@ impl SqliteStore {
 }
 
 impl SqliteStore {
+    /// Appends, answering with the writer's shared projection (see [`owned`]).
+    async fn append_shared(&self, scope: &Scope, batch: Append) -> Result<Arc<Run>> {
+        let scope = scope.clone();
+        let Append {
+            run_id,
+            expected_seq,
+            events,
+        } = batch;
+        // Encoded here, on the caller's thread, so the single writer thread does not have to.
+        let mut events = events
+            .into_iter()
+            .map(write::Encoded::new)
+            .collect::<Result<Vec<_>>>()?;
+        let (run, events) = self
+            .write_runs(Isolation::ChecksFirst, move |ctx| {
+                let (run, note) = write::append(ctx, &scope, &run_id, expected_seq, &mut events)?;
+                Ok(((run, events), note))
+            })
+            .await?;
+        // Freed here, where they were made (see `write::Encoded`).
+        drop(events);
+        Ok(run)
+    }
+
     fn budget_counts(
         &self,
     ) -> std::sync::MutexGuard<'_, std::collections::HashMap<(String, String), i64>> {
@@ -413,26 +437,11 @@ impl Store for SqliteStore {
     }
 
     async fn append(&self, scope: &Scope, batch: Append) -> Result<Run> {
-        let scope = scope.clone();
-        let Append {
-            run_id,
-            expected_seq,
-            events,
-        } = batch;
-        // Encoded here, on the caller's thread, so the single writer thread does not have to.
-        let mut events = events
-            .into_iter()
-            .map(write::Encoded::new)
-            .collect::<Result<Vec<_>>>()?;
-        let (run, events) = self
-            .write_runs(Isolation::ChecksFirst, move |ctx| {
-                let (run, note) = write::append(ctx, &scope, &run_id, expected_seq, &mut events)?;
-                Ok(((run, events), note))
-            })
-            .await?;
-        // Freed here, where they were made (see `write::Encoded`).
-        drop(events);
-        Ok(owned(run))
+        self.append_shared(scope, batch).await.map(owned)
+    }
+
+    async fn append_seq(&self, scope: &Scope, batch: Append) -> Result<u64> {
+        Ok(self.append_shared(scope, batch).await?.last_seq)
     }
 
     async fn events(
