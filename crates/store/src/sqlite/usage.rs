@@ -188,9 +188,11 @@ fn args(org: &str, ws: &str, third: &str, value: Option<&str>) -> Vec<Value> {
 
 /// Keeps the ledger and the reservations in step with one journaled event (called for every
 /// appended event, inside the append's transaction): a model answer is settled into the ledger
-/// and frees its reservation; a run's end frees whatever it still held.
+/// (through `pending`, which writes it before the batch commits) and frees its reservation; a
+/// run's end frees whatever it still held.
 pub(super) fn on_event(
     conn: &Connection,
+    pending: &mut PendingUsage,
     scope: &Scope,
     run: &Run,
     end_user: Option<&str>,
@@ -205,37 +207,114 @@ pub(super) fn on_event(
         EventKind::ModelResponded {
             response, cost_usd, ..
         } => {
-            let (org, ws, _) = scope_params(scope);
             let model = if response.model.is_empty() {
                 "unknown"
             } else {
                 response.model.as_str()
             };
-            conn.prepare_cached(
-                "INSERT INTO usage_ledger (org, workspace, day, agent, end_user, model,
-                   input_tokens, output_tokens, model_calls, cost_micros)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 1, ?9)
-                 ON CONFLICT (org, workspace, day, agent, end_user, model) DO UPDATE SET
-                   input_tokens = input_tokens + excluded.input_tokens,
-                   output_tokens = output_tokens + excluded.output_tokens,
-                   model_calls = model_calls + 1,
-                   cost_micros = cost_micros + excluded.cost_micros",
-            )?
-            .execute(params![
-                org,
-                ws,
-                utc_day(ev.at),
-                run.agent,
-                end_user.unwrap_or(""),
-                model,
-                i64::try_from(response.usage.input_tokens).unwrap_or(i64::MAX),
-                i64::try_from(response.usage.output_tokens).unwrap_or(i64::MAX),
-                usd_to_micros(*cost_usd),
-            ])?;
+            pending.op.push((
+                LedgerRow {
+                    org: scope.org.as_str().to_owned(),
+                    workspace: scope.workspace.as_str().to_owned(),
+                    day: utc_day(ev.at),
+                    agent: run.agent.clone(),
+                    end_user: end_user.unwrap_or("").to_owned(),
+                    model: model.to_owned(),
+                },
+                Totals {
+                    input_tokens: i64::try_from(response.usage.input_tokens).unwrap_or(i64::MAX),
+                    output_tokens: i64::try_from(response.usage.output_tokens).unwrap_or(i64::MAX),
+                    model_calls: 1,
+                    cost_micros: usd_to_micros(*cost_usd),
+                },
+            ));
             free(conn)
         }
         _ if run.status.is_terminal() => free(conn),
         _ => Ok(()),
+    }
+}
+
+/// What the model answers of a write batch add to the usage ledger, summed per ledger row and
+/// written once before the batch commits, or before an operation that might read the ledger
+/// (reserving against a budget) runs: 30 concurrent runs' answers in one batch cost one upsert,
+/// where each used to cost its own.
+#[derive(Default)]
+pub(super) struct PendingUsage {
+    /// Added by the operations of the batch that succeeded.
+    kept: HashMap<LedgerRow, Totals>,
+    /// Added by the operation in progress.
+    op: Vec<(LedgerRow, Totals)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct LedgerRow {
+    org: String,
+    workspace: String,
+    day: String,
+    agent: String,
+    end_user: String,
+    model: String,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Totals {
+    input_tokens: i64,
+    output_tokens: i64,
+    model_calls: i64,
+    cost_micros: i64,
+}
+
+impl PendingUsage {
+    /// The operation in progress succeeded: its usage joins the batch's.
+    pub(super) fn keep_op(&mut self) {
+        for (row, t) in self.op.drain(..) {
+            let sum = self.kept.entry(row).or_default();
+            sum.input_tokens = sum.input_tokens.saturating_add(t.input_tokens);
+            sum.output_tokens = sum.output_tokens.saturating_add(t.output_tokens);
+            sum.model_calls = sum.model_calls.saturating_add(t.model_calls);
+            sum.cost_micros = sum.cost_micros.saturating_add(t.cost_micros);
+        }
+    }
+
+    /// The operation in progress failed: none of its usage happened.
+    pub(super) fn forget_op(&mut self) {
+        self.op.clear();
+    }
+
+    /// The batch failed: none of it happened.
+    pub(super) fn forget_batch(&mut self) {
+        self.op.clear();
+        self.kept.clear();
+    }
+
+    /// Writes the kept usage into the ledger (inside the batch's transaction).
+    pub(super) fn flush(&mut self, conn: &Connection) -> Result<()> {
+        for (r, t) in self.kept.drain() {
+            conn.prepare_cached(
+                "INSERT INTO usage_ledger (org, workspace, day, agent, end_user, model,
+                   input_tokens, output_tokens, model_calls, cost_micros)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                 ON CONFLICT (org, workspace, day, agent, end_user, model) DO UPDATE SET
+                   input_tokens = input_tokens + excluded.input_tokens,
+                   output_tokens = output_tokens + excluded.output_tokens,
+                   model_calls = model_calls + excluded.model_calls,
+                   cost_micros = cost_micros + excluded.cost_micros",
+            )?
+            .execute(params![
+                r.org,
+                r.workspace,
+                r.day,
+                r.agent,
+                r.end_user,
+                r.model,
+                t.input_tokens,
+                t.output_tokens,
+                t.model_calls,
+                t.cost_micros,
+            ])?;
+        }
+        Ok(())
     }
 }
 

@@ -56,6 +56,8 @@ pub(super) struct RunCache {
     finished: Vec<CachedRun>,
     /// How many of `finished` the operations before the current one left.
     finished_kept: usize,
+    /// The usage the batch's model answers add to the ledger, kept and forgotten with the runs.
+    pub(super) usage: super::usage::PendingUsage,
 }
 
 struct CachedRun {
@@ -122,6 +124,7 @@ impl RunCache {
     fn keep_touched(&mut self) {
         self.touched.clear();
         self.finished_kept = self.finished.len();
+        self.usage.keep_op();
     }
 
     /// The current operation was rolled back: drop what it cached.
@@ -130,6 +133,7 @@ impl RunCache {
             self.runs.remove(&id);
         }
         self.finished.truncate(self.finished_kept);
+        self.usage.forget_op();
     }
 
     /// The batch committed: what ended in it is final.
@@ -144,6 +148,7 @@ impl RunCache {
         self.runs.clear();
         self.finished.clear();
         self.finished_kept = 0;
+        self.usage.forget_batch();
     }
 }
 
@@ -373,6 +378,8 @@ fn commit_batch(
         for job in batch.iter_mut() {
             let savepoint = job.isolation() == Isolation::Savepoint;
             if savepoint {
+                // Whatever it reads of the usage ledger must include the batch so far.
+                runs.usage.flush(conn)?;
                 control(conn, "SAVEPOINT op")?;
             }
             let changes = conn.total_changes();
@@ -403,6 +410,7 @@ fn commit_batch(
                 control(conn, "RELEASE op")?;
             }
         }
+        runs.usage.flush(conn)?;
         control(conn, "COMMIT")?;
         Ok(())
     })();
@@ -981,7 +989,7 @@ fn append_events(
         run.apply(ev);
         rows.push((ev.seq, ev.at, json.as_str()));
         project_approval(conn, scope, run, end_user, ev)?;
-        super::usage::on_event(conn, scope, run, end_user, ev)?;
+        super::usage::on_event(conn, &mut ctx.runs.usage, scope, run, end_user, ev)?;
         super::trail::on_event(conn, scope, run, end_user, ev)?;
     }
     insert_journal(conn, &run.id, &rows)?;
@@ -1453,6 +1461,76 @@ mod tests {
         );
         assert_eq!(fine.await.unwrap().unwrap(), 3);
         assert_eq!(store.events(&s, &run.id, 0, 100).await.unwrap().len(), 3);
+    }
+
+    fn answered(input_tokens: u64, cost_usd: f64) -> NewEvent {
+        NewEvent::now(
+            serde_json::from_value(serde_json::json!({
+                "type": "model_responded", "call_index": 0,
+                "response": {"model": "m1", "tool_calls": [],
+                             "usage": {"input_tokens": input_tokens, "output_tokens": 1},
+                             "stop_reason": "end_turn"},
+                "cost_usd": cost_usd, "retries": 0, "latency_ms": 0
+            }))
+            .unwrap(),
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_settles_its_model_answers_into_the_ledger_once_and_only_what_landed() {
+        let (_dir, store, s, run) = store_with_run().await;
+        let other = store
+            .create_run(&s, &RunId::new(), created("alpha"))
+            .await
+            .unwrap();
+        let release = hold_writer(&store).await;
+        let push = |id: RunId, expected: u64, input: u64| {
+            let (store, s) = (Arc::clone(&store), s.clone());
+            tokio::spawn(async move {
+                store
+                    .append(
+                        &s,
+                        Append {
+                            run_id: id,
+                            expected_seq: Some(expected),
+                            events: vec![started(), answered(input, 0.25)],
+                        },
+                    )
+                    .await
+            })
+        };
+        let a = push(run.id.clone(), 1, 10);
+        let b = push(other.id.clone(), 1, 20);
+        // Refused (wrong seq): its answer must not count.
+        let c = push(other.id.clone(), 7, 400);
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        drop(release);
+        a.await.unwrap().unwrap();
+        b.await.unwrap().unwrap();
+        assert!(c.await.unwrap().is_err());
+        let ledger = || {
+            let store = Arc::clone(&store);
+            async move {
+                store
+                    .readers
+                    .with(|conn| {
+                        Ok(conn.query_row(
+                            "SELECT input_tokens, output_tokens, model_calls, cost_micros
+                             FROM usage_ledger WHERE model = 'm1'",
+                            [],
+                            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                        )?)
+                    })
+                    .await
+                    .unwrap()
+            }
+        };
+        let sums: (i64, i64, i64, i64) = ledger().await;
+        assert_eq!(sums, (30, 2, 2, 500_000));
+        // And the next batch adds to the same row.
+        push(run.id.clone(), 3, 5).await.unwrap().unwrap();
+        let sums: (i64, i64, i64, i64) = ledger().await;
+        assert_eq!(sums, (35, 3, 3, 750_000));
     }
 
     #[tokio::test]
