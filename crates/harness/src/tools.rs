@@ -365,7 +365,42 @@ fn prepare_root(root: &Path) {
             && e.kind() != std::io::ErrorKind::AlreadyExists
         {
             tracing::debug!(dir = %dir.display(), error = %e, "workspace shard not created");
-            return;
+            break;
+        }
+    }
+    move_unsharded(root);
+}
+
+/// Moves the workspaces of an earlier version, kept at `root/<run_id>`, into their shards, so a
+/// run that was parked or interrupted across the upgrade finds its files.
+fn move_unsharded(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(id) = name.to_str().and_then(|n| RunId::parse(n).ok()) else {
+            continue;
+        };
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let to = workspace_dir(root, &id);
+        let moved = to
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| {
+                if to.exists() {
+                    Err(std::io::Error::from(std::io::ErrorKind::AlreadyExists))
+                } else {
+                    std::fs::rename(entry.path(), &to)
+                }
+            });
+        match moved {
+            Ok(()) => tracing::info!(run_id = %id, "workspace moved into its shard"),
+            Err(e) => {
+                tracing::warn!(run_id = %id, error = %e, "cannot move workspace into its shard")
+            }
         }
     }
 }
@@ -466,6 +501,22 @@ mod tests {
             slots: Arc::new(Semaphore::new(1)),
         };
         assert_eq!(tools.workspace(&id), workspace_dir(root, &id));
+    }
+
+    #[test]
+    fn workspaces_of_the_unsharded_layout_are_moved_into_their_shards() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("workspaces");
+        let run = RunId::new();
+        std::fs::create_dir_all(root.join(run.as_str()).join("sub")).unwrap();
+        std::fs::write(root.join(run.as_str()).join("sub/a.txt"), "kept").unwrap();
+        // Not a run's folder: left alone.
+        std::fs::create_dir_all(root.join("notes")).unwrap();
+        let tools = WorkspaceTools::new(&root);
+        assert!(!root.join(run.as_str()).exists());
+        let read = tools.run(&run, &call("read_file", json!({"path": "sub/a.txt"})));
+        assert_eq!(read.unwrap(), "kept");
+        assert!(root.join("notes").is_dir());
     }
 
     #[test]

@@ -455,12 +455,20 @@ async fn another_runs_workspace_is_out_of_reach() {
     assert_eq!(std::fs::read_to_string(&host_file).unwrap(), private);
 
     let id = &a.id;
+    // Workspaces sit in shard folders (`workspaces/<last two characters>/<run id>`): try both
+    // the sibling and the shard's path.
+    let shard = &id[id.len() - 2..];
     let other = other.display();
     let root = h.server.data_dir().join("workspaces");
     let root = root.display();
     let turns = [
-        shell(&format!("cat ../{id}/private/secret.txt")),
-        shell(&format!("cat /workspace/../{id}/private/secret.txt")),
+        shell(&format!(
+            "cat ../{id}/private/secret.txt ../../{shard}/{id}/private/secret.txt"
+        )),
+        shell(&format!(
+            "cat /workspace/../{id}/private/secret.txt \
+             /workspace/../../{shard}/{id}/private/secret.txt"
+        )),
         shell(&format!("cat {other}/private/secret.txt")),
         tool(
             "read_file",
@@ -468,7 +476,9 @@ async fn another_runs_workspace_is_out_of_reach() {
         ),
         tool("list_files", json!({"path": format!("../{id}")})),
         shell(&format!("echo pwned > {other}/private/secret.txt")),
-        shell(&format!("ls -a / /workspace/.. && ls {root}")),
+        shell(&format!(
+            "ls -a / /workspace/.. && ls {root} {root}/{shard}"
+        )),
     ];
     let b = attack(&api, AGENT, &turns).await;
     assert_blocked(&b, 0, "../<other run>", &["No such file or directory"]);

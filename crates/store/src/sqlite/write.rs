@@ -409,6 +409,13 @@ fn commit_batch(
             if savepoint {
                 control(conn, "RELEASE op")?;
             }
+            if conn.is_autocommit() {
+                // SQLite rolled the whole transaction back itself (an I/O error, the disk or
+                // memory full): going on would run the next operations outside any transaction.
+                return Err(StoreError::Backend(
+                    "the database rolled the batch back after an operation failed".to_owned(),
+                ));
+            }
         }
         runs.usage.flush(conn)?;
         control(conn, "COMMIT")?;
@@ -1531,6 +1538,63 @@ mod tests {
         push(run.id.clone(), 3, 5).await.unwrap().unwrap();
         let sums: (i64, i64, i64, i64) = ledger().await;
         assert_eq!(sums, (35, 3, 3, 750_000));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_that_sqlite_rolled_back_by_itself_stops_there() {
+        // As on an I/O error or a full disk: SQLite ends the transaction itself and the failed
+        // statement counts no change. Nothing after it may run outside a transaction, and
+        // nothing before it may be reported done.
+        let (_dir, store, s, run) = store_with_run().await;
+        let other = store
+            .create_run(&s, &RunId::new(), created("alpha"))
+            .await
+            .unwrap();
+        let spawn = |id: RunId| {
+            let (store, s) = (Arc::clone(&store), s.clone());
+            tokio::spawn(async move {
+                store
+                    .write_runs(Isolation::ChecksFirst, move |ctx| {
+                        Ok((one_append(ctx, &s, &id, 1)?.last_seq, None))
+                    })
+                    .await
+            })
+        };
+        let release = hold_writer(&store).await;
+        let before = spawn(run.id.clone());
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let store2 = Arc::clone(&store);
+        let lost = tokio::spawn(async move {
+            store2
+                .write_runs(Isolation::ChecksFirst, move |ctx| -> Result<((), _)> {
+                    ctx.conn.execute_batch("ROLLBACK")?;
+                    Err(StoreError::Backend("disk I/O error".to_owned()))
+                })
+                .await
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let after = spawn(other.id.clone());
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        drop(release);
+        assert!(before.await.unwrap().is_err());
+        assert!(lost.await.unwrap().is_err());
+        let after = after.await.unwrap();
+        assert!(after.is_err(), "ran after the rollback: {after:?}");
+        for id in [&run.id, &other.id] {
+            assert_eq!(store.events(&s, id, 0, 100).await.unwrap().len(), 1);
+            let again = store
+                .append(
+                    &s,
+                    Append {
+                        run_id: id.clone(),
+                        expected_seq: Some(1),
+                        events: vec![started()],
+                    },
+                )
+                .await
+                .unwrap();
+            assert_eq!(again.last_seq, 2);
+        }
     }
 
     #[tokio::test]
