@@ -584,16 +584,7 @@ pub async fn append_seqs_and_conflicts(store: DynStore) -> Outcome {
     ensure_eq!(after.usage.tool_calls, 1);
     ensure_eq!(store.get_run(&s, &run.id).await?, Some(after.clone()));
 
-    let stale = store
-        .append(
-            &s,
-            Append {
-                run_id: run.id.clone(),
-                expected_seq: Some(1),
-                events: vec![started()],
-            },
-        )
-        .await;
+    let stale = store.append(&s, started_after(&run.id, 1)).await;
     ensure_matches!(
         stale,
         Err(StoreError::Conflict {
@@ -611,27 +602,9 @@ pub async fn append_seqs_and_conflicts(store: DynStore) -> Outcome {
     ensure_eq!(same, after);
 
     // The engine's form: the new last seq only, with the same checks.
-    let seq = store
-        .append_seq(
-            &s,
-            Append {
-                run_id: run.id.clone(),
-                expected_seq: Some(5),
-                events: vec![started()],
-            },
-        )
-        .await?;
+    let seq = store.append_seq(&s, started_after(&run.id, 5)).await?;
     ensure_eq!(seq, 6);
-    let stale = store
-        .append_seq(
-            &s,
-            Append {
-                run_id: run.id.clone(),
-                expected_seq: Some(5),
-                events: vec![started()],
-            },
-        )
-        .await;
+    let stale = store.append_seq(&s, started_after(&run.id, 5)).await;
     ensure_matches!(
         stale,
         Err(StoreError::Conflict {
@@ -659,6 +632,15 @@ pub async fn append_seqs_and_conflicts(store: DynStore) -> Outcome {
         Err(StoreError::NotFound("run"))
     );
     Ok(())
+}
+
+/// One `run_started` appended to `run` where its journal is expected to end at `seq`.
+fn started_after(run: &RunId, seq: u64) -> Append {
+    Append {
+        run_id: run.clone(),
+        expected_seq: Some(seq),
+        events: vec![started()],
+    }
 }
 
 /// A finished run takes no more events, and a batch cannot go on past the end.

@@ -1426,21 +1426,7 @@ mod tests {
             "{good:?}"
         );
         // Nothing of the batch happened, and the writer's cache knows it.
-        for id in [&run.id, &other.id] {
-            assert_eq!(store.events(&s, id, 0, 100).await.unwrap().len(), 1);
-            let again = store
-                .append(
-                    &s,
-                    Append {
-                        run_id: id.clone(),
-                        expected_seq: Some(1),
-                        events: vec![started()],
-                    },
-                )
-                .await
-                .unwrap();
-            assert_eq!(again.last_seq, 2);
-        }
+        assert_only_created(&store, &s, [&run.id, &other.id]).await;
 
         // A refusal before any write costs its batch nothing.
         let release = hold_writer(&store).await;
@@ -1580,11 +1566,17 @@ mod tests {
         assert!(lost.await.unwrap().is_err());
         let after = after.await.unwrap();
         assert!(after.is_err(), "ran after the rollback: {after:?}");
-        for id in [&run.id, &other.id] {
-            assert_eq!(store.events(&s, id, 0, 100).await.unwrap().len(), 1);
+        assert_only_created(&store, &s, [&run.id, &other.id]).await;
+    }
+
+    /// Each run holds only its creation, and the writer's cache agrees: an append expecting seq
+    /// 1 lands at seq 2.
+    async fn assert_only_created(store: &SqliteStore, s: &Scope, ids: [&RunId; 2]) {
+        for id in ids {
+            assert_eq!(store.events(s, id, 0, 100).await.unwrap().len(), 1);
             let again = store
                 .append(
-                    &s,
+                    s,
                     Append {
                         run_id: id.clone(),
                         expected_seq: Some(1),
