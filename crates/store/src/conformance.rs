@@ -422,6 +422,25 @@ pub async fn agent_versions(store: DynStore) -> Outcome {
         "an unknown agent must be missing"
     );
 
+    // A new version is the latest at once, however often the old latest was just read.
+    for _ in 0..3 {
+        store.get_agent(&s, "alpha", None).await?;
+    }
+    store
+        .put_agent(&s, &agent("alpha", "2.0.0", "v20")?)
+        .await?;
+    let latest = store.get_agent(&s, "alpha", None).await?;
+    ensure_eq!(latest.map(|r| r.definition.prompt), Some("v20".to_owned()));
+    for other in [
+        scope_of(s.org.as_str(), "ws_other", None)?,
+        scope_of("org_other", s.workspace.as_str(), None)?,
+    ] {
+        ensure!(
+            store.get_agent(&other, "alpha", None).await?.is_none(),
+            "another tenant must not see the agent"
+        );
+    }
+
     let listed = store.list_agents(&s).await?;
     let listed: Vec<(String, String)> = listed
         .iter()
@@ -433,7 +452,7 @@ pub async fn agent_versions(store: DynStore) -> Outcome {
     ensure_eq!(
         listed,
         vec![
-            ("alpha".to_owned(), "1.10.0".to_owned()),
+            ("alpha".to_owned(), "2.0.0".to_owned()),
             ("beta".to_owned(), "0.1.0".to_owned())
         ]
     );

@@ -98,6 +98,8 @@ pub struct SqliteStore {
     budgeted: std::sync::Mutex<std::collections::HashMap<(String, String), i64>>,
     /// API keys by secret hash, exact for the same reason ([`keycache`]).
     keys: keycache::KeyCache,
+    /// Each agent's latest version by (org, workspace, name), exact for the same reason.
+    latest_agents: keycache::ExactCache<(String, String, String), AgentRecord>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -152,6 +154,7 @@ impl SqliteStore {
             commits,
             budgeted,
             keys: keycache::KeyCache::default(),
+            latest_agents: keycache::ExactCache::default(),
         }))
     }
 
@@ -367,8 +370,12 @@ fn scope_params(scope: &Scope) -> (&str, &str, Option<&str>) {
 impl Store for SqliteStore {
     async fn put_agent(&self, scope: &Scope, def: &AgentDefinition) -> Result<AgentRecord> {
         let (scope, def) = (scope.clone(), def.clone());
-        self.write(move |conn| Ok((write::put_agent(conn, &scope, def)?, None)))
-            .await
+        let put = self
+            .write(move |conn| Ok((write::put_agent(conn, &scope, def)?, None)))
+            .await;
+        // Even after a failure: the write may have committed before the answer was lost.
+        self.latest_agents.invalidate();
+        put
     }
 
     async fn get_agent(
@@ -384,9 +391,30 @@ impl Store for SqliteStore {
                 .map(|v| v.to_string())
                 .unwrap_or_else(|_| v.to_owned())
         });
-        self.readers
-            .with(move |conn| read::get_agent(conn, &scope, &name, version.as_deref()))
-            .await
+        if version.is_some() {
+            return self
+                .readers
+                .with(move |conn| read::get_agent(conn, &scope, &name, version.as_deref()))
+                .await;
+        }
+        let key = (
+            scope.org.as_str().to_owned(),
+            scope.workspace.as_str().to_owned(),
+            name,
+        );
+        if let Some(hit) = self.latest_agents.get(&key) {
+            return Ok(Some(hit));
+        }
+        let generation = self.latest_agents.generation();
+        let (s, n) = (scope, key.2.clone());
+        let found = self
+            .readers
+            .with(move |conn| read::get_agent(conn, &s, &n, None))
+            .await?;
+        if let Some(found) = &found {
+            self.latest_agents.insert(generation, key, found.clone());
+        }
+        Ok(found)
     }
 
     async fn list_agents(&self, scope: &Scope) -> Result<Vec<AgentRecord>> {
@@ -624,7 +652,8 @@ impl Store for SqliteStore {
             .with(move |conn| read::api_key_by_hash(conn, &hash))
             .await?;
         if let Some(found) = &found {
-            self.keys.insert(generation, secret_hash, found.clone());
+            self.keys
+                .insert(generation, secret_hash.to_owned(), found.clone());
         }
         Ok(found)
     }

@@ -1,44 +1,60 @@
-//! API keys by secret hash, kept in memory so authenticating a request costs no database read
-//! (a read is a hop to a blocking thread: tens of microseconds on every API call).
+//! Rows kept in memory so a hot lookup costs no database read (a read is a hop to a blocking
+//! thread: tens of microseconds). Two use it: API keys by secret hash (every API call
+//! authenticates) and each agent's latest version (every run creation resolves its agent).
 //!
 //! Exact, not eventually consistent, for the same reason as the store's budget counts: this
-//! process is the database's only writer (the folder lock), and every write that changes a key
-//! row goes through [`super::SqliteStore`], which updates or clears the cache once the write
-//! has committed. Revoking therefore takes effect for every request that starts after
-//! `revoke_api_key` returns. A read that raced with a revocation cannot put the stale row back:
-//! entries are inserted only if no invalidation happened since the read began (`generation`).
+//! process is the database's only writer (the folder lock), and every write that changes a
+//! cached row goes through [`super::SqliteStore`], which updates or clears the cache once the
+//! write has committed. Revoking a key or putting an agent version therefore takes effect for
+//! every request that starts after the call returns. A read that raced with a change cannot put
+//! the stale row back: entries are inserted only if no invalidation happened since the read
+//! began (`generation`).
 //!
-//! Only keys that exist are cached (a flood of unknown keys adds nothing); the cache is cleared
-//! when it reaches [`MAX_KEYS`], so its memory stays bounded.
+//! Only rows that exist are cached (a flood of unknown names adds nothing); the cache is cleared
+//! when it reaches [`MAX_ENTRIES`], so its memory stays bounded.
 
 use crate::KeyRecord;
 use paddock_types::time::Millis;
 use paddock_types::{KeyId, Scope};
+use std::borrow::Borrow;
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::Mutex;
 
-/// Most keys held; reaching it empties the cache (they come back on their next use).
-const MAX_KEYS: usize = 10_000;
+/// Most entries held; reaching it empties the cache (they come back on their next use).
+const MAX_ENTRIES: usize = 10_000;
 
-#[derive(Default)]
-pub(super) struct KeyCache {
-    inner: Mutex<Inner>,
+pub(super) struct ExactCache<K, V> {
+    inner: Mutex<Inner<K, V>>,
 }
 
-#[derive(Default)]
-struct Inner {
+struct Inner<K, V> {
     /// Bumped by every invalidation.
     generation: u64,
-    by_hash: HashMap<String, (Scope, KeyRecord)>,
+    entries: HashMap<K, V>,
 }
 
-impl KeyCache {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+impl<K, V> Default for ExactCache<K, V> {
+    fn default() -> Self {
+        ExactCache {
+            inner: Mutex::new(Inner {
+                generation: 0,
+                entries: HashMap::new(),
+            }),
+        }
+    }
+}
+
+impl<K: Eq + Hash, V: Clone> ExactCache<K, V> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner<K, V>> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(super) fn get(&self, secret_hash: &str) -> Option<(Scope, KeyRecord)> {
-        self.lock().by_hash.get(secret_hash).cloned()
+    pub(super) fn get<Q: Eq + Hash + ?Sized>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+    {
+        self.lock().entries.get(key).cloned()
     }
 
     /// Take before reading the database; pass to [`Self::insert`].
@@ -46,33 +62,38 @@ impl KeyCache {
         self.lock().generation
     }
 
-    /// Caches what a read that began at `generation` found, unless the keys changed since.
-    pub(super) fn insert(&self, generation: u64, secret_hash: &str, found: (Scope, KeyRecord)) {
+    /// Caches what a read that began at `generation` found, unless the rows changed since.
+    pub(super) fn insert(&self, generation: u64, key: K, found: V) {
         let mut inner = self.lock();
         if inner.generation != generation {
             return;
         }
-        if inner.by_hash.len() >= MAX_KEYS {
-            inner.by_hash.clear();
+        if inner.entries.len() >= MAX_ENTRIES {
+            inner.entries.clear();
         }
-        inner.by_hash.insert(secret_hash.to_owned(), found);
+        inner.entries.insert(key, found);
     }
 
+    /// After a committed change to a cached kind of row: forget everything, and keep reads that
+    /// were in flight from caching what they saw.
+    pub(super) fn invalidate(&self) {
+        let mut inner = self.lock();
+        inner.generation += 1;
+        inner.entries.clear();
+    }
+}
+
+/// API keys by secret hash.
+pub(super) type KeyCache = ExactCache<String, (Scope, KeyRecord)>;
+
+impl KeyCache {
     /// After a committed `last_used_at` update (which never goes backwards, like the row's).
     pub(super) fn touched(&self, id: &KeyId, at: Millis) {
-        for (_, key) in self.lock().by_hash.values_mut() {
+        for (_, key) in self.lock().entries.values_mut() {
             if key.id == *id && key.last_used_at.is_none_or(|t| t < at) {
                 key.last_used_at = Some(at);
             }
         }
-    }
-
-    /// After any other committed change to a key row (revocation): forget everything, and keep
-    /// reads that were in flight from caching what they saw.
-    pub(super) fn invalidate(&self) {
-        let mut inner = self.lock();
-        inner.generation += 1;
-        inner.by_hash.clear();
     }
 }
 
@@ -105,10 +126,10 @@ mod tests {
         let c = KeyCache::default();
         let g = c.generation();
         c.invalidate();
-        c.insert(g, "h", key());
+        c.insert(g, "h".to_owned(), key());
         assert!(c.get("h").is_none());
         let g = c.generation();
-        c.insert(g, "h", key());
+        c.insert(g, "h".to_owned(), key());
         assert!(c.get("h").is_some());
         c.invalidate();
         assert!(c.get("h").is_none());
@@ -119,13 +140,13 @@ mod tests {
         let c = KeyCache::default();
         let k = key();
         let id = k.1.id.clone();
-        c.insert(0, "h", k);
+        c.insert(0, "h".to_owned(), k);
         c.touched(&id, 42);
         c.touched(&id, 41);
         assert_eq!(c.get("h").unwrap().1.last_used_at, Some(42));
-        for i in 0..(2 * MAX_KEYS) {
-            c.insert(0, &format!("k{i}"), key());
+        for i in 0..(2 * MAX_ENTRIES) {
+            c.insert(0, format!("k{i}"), key());
         }
-        assert!(c.lock().by_hash.len() <= MAX_KEYS);
+        assert!(c.lock().entries.len() <= MAX_ENTRIES);
     }
 }
