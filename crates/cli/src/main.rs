@@ -18,6 +18,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+/// mimalloc rather than glibc's malloc: the engine allocates many small, short-lived values per
+/// step (events, JSON), and the concurrent benchmark spends about 13% less CPU with it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "paddock",
