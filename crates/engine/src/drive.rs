@@ -82,9 +82,14 @@ pub(crate) async fn drive(
     engine: &Arc<Engine>,
     scope: &Scope,
     run_id: &RunId,
+    // The run's only event, when the engine knows it (a run it created, claimed untouched).
+    created: Option<Event>,
     cancel: &CancellationToken,
 ) -> Result<(), Stop> {
-    let events = engine.store.events(scope, run_id, 0, u32::MAX).await?;
+    let events = match created {
+        Some(first) => vec![first],
+        None => engine.store.events(scope, run_id, 0, u32::MAX).await?,
+    };
     let state = RunState::from_events(&events);
     drop(events);
     if state.terminal {

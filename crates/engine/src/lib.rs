@@ -22,7 +22,7 @@ use paddock_models::Models;
 use paddock_store::{AgentRecord, Append, DynStore, StoreError};
 use paddock_types::api::{AgentDefinition, CreateRun, Run};
 use paddock_types::event::ApprovalDecision;
-use paddock_types::{ApprovalId, EventKind, NewEvent, RunId, Scope};
+use paddock_types::{ApprovalId, Event, EventKind, NewEvent, RunId, Scope};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -98,7 +98,10 @@ impl From<StoreError> for EngineError {
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
 
-type AgentKey = (String, String, String);
+type AgentKey = (String, String, String, String);
+
+/// Most entries in [`Engine::fresh`].
+const MAX_FRESH: usize = 10_000;
 
 pub struct Engine {
     store: DynStore,
@@ -109,6 +112,12 @@ pub struct Engine {
     agents: RwLock<HashMap<AgentKey, Arc<Agent>>>,
     /// Runs this process is advancing, with the token that stops them.
     active: Mutex<HashMap<RunId, CancellationToken>>,
+    /// The first event of runs this process created that no worker here has claimed yet, so
+    /// the claiming worker folds it without reading the journal back: the claim's `last_seq`
+    /// of 1 proves nothing was appended since. Runs claimed by another process, or cancelled
+    /// while queued, leave their entry behind, so the map is emptied when it reaches
+    /// [`MAX_FRESH`].
+    fresh: Mutex<HashMap<RunId, Event>>,
     slots: Arc<Semaphore>,
     waiters: waiters::Waiters,
     wake: Notify,
@@ -131,6 +140,7 @@ impl Engine {
             config,
             agents: RwLock::new(HashMap::new()),
             active: Mutex::new(HashMap::new()),
+            fresh: Mutex::new(HashMap::new()),
             slots,
             waiters: waiters::Waiters::default(),
             wake: Notify::new(),
@@ -165,6 +175,10 @@ impl Engine {
 
     fn lock_active(&self) -> std::sync::MutexGuard<'_, HashMap<RunId, CancellationToken>> {
         self.active.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_fresh(&self) -> std::sync::MutexGuard<'_, HashMap<RunId, Event>> {
+        self.fresh.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Registers an agent version after checking that it compiles.
@@ -257,7 +271,26 @@ impl Engine {
             end_user: scope.end_user.clone(),
             created_by,
         });
-        let run = self.store.create_run(scope, &id, first).await?;
+        // Remembered before the run exists: a worker may claim it the moment it commits.
+        {
+            let mut fresh = self.lock_fresh();
+            if fresh.len() >= MAX_FRESH {
+                fresh.clear();
+            }
+            let created = Event {
+                seq: 1,
+                at: first.at,
+                kind: first.kind.clone(),
+            };
+            fresh.insert(id.clone(), created);
+        }
+        let run = match self.store.create_run(scope, &id, first).await {
+            Ok(run) => run,
+            Err(e) => {
+                self.lock_fresh().remove(&id);
+                return Err(e.into());
+            }
+        };
         self.wake.notify_one();
         Ok(run)
     }
@@ -275,6 +308,7 @@ impl Engine {
                 },
             )
             .await?;
+        self.lock_fresh().remove(id);
         let active = self.lock_active().get(id).cloned();
         match active {
             // The worker notices, stops, and cleans up after itself.
@@ -348,7 +382,7 @@ impl Engine {
                     Ok(claimed) => {
                         claimed_all = claimed.len() == free;
                         for c in claimed {
-                            self.spawn_run(c.scope, c.run_id);
+                            self.spawn_run(c.scope, c.run_id, c.last_seq);
                         }
                     }
                     Err(e) => tracing::error!(error = %e, "claiming runs failed"),
@@ -370,7 +404,7 @@ impl Engine {
         }
     }
 
-    fn spawn_run(self: &Arc<Self>, scope: Scope, run_id: RunId) {
+    fn spawn_run(self: &Arc<Self>, scope: Scope, run_id: RunId, last_seq: u64) {
         let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() else {
             // Cannot happen (we claimed at most the free slots), but never over-commit.
             let me = Arc::clone(self);
@@ -381,9 +415,10 @@ impl Engine {
         };
         let token = self.shutdown.child_token();
         self.lock_active().insert(run_id.clone(), token.clone());
+        let created = self.lock_fresh().remove(&run_id).filter(|_| last_seq == 1);
         let me = Arc::clone(self);
         tokio::spawn(async move {
-            let outcome = drive::drive(&me, &scope, &run_id, &token).await;
+            let outcome = drive::drive(&me, &scope, &run_id, created, &token).await;
             me.lock_active().remove(&run_id);
             if let Err(e) = &outcome {
                 tracing::warn!(run_id = %run_id, error = %e, "run stopped");
@@ -444,6 +479,7 @@ impl Engine {
 
 fn agent_key(scope: &Scope, name: &str, version: &str) -> AgentKey {
     (
+        scope.org.to_string(),
         scope.workspace.to_string(),
         name.to_owned(),
         version.to_owned(),

@@ -960,6 +960,10 @@ pub async fn leases(store: DynStore) -> Outcome {
         got.iter().all(|c| c.scope == s),
         "claims carry the run's scope"
     );
+    ensure_eq!(
+        got.iter().map(|c| c.last_seq).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
     ensure!(
         store.claim("w2", LONG, 10, None).await?.is_empty(),
         "a held run must not be claimed again"

@@ -101,6 +101,8 @@ pub struct RunFilter {
 pub struct Claimed {
     pub scope: Scope,
     pub run_id: RunId,
+    /// The last journal seq at the claim (1: nothing happened since the run was created).
+    pub last_seq: u64,
 }
 
 /// A workspace's data key as stored: wrapped (encrypted) by a master key. The store only ever

@@ -632,12 +632,13 @@ pub(super) fn claim(
             r.get::<_, String>(1)?,
             r.get::<_, String>(2)?,
             r.get::<_, Option<String>>(3)?,
+            r.get::<_, u64>(4)?,
         ))
     };
     let rows = match max_running_per_workspace {
         None => conn
             .prepare_cached(
-                "SELECT id, org, workspace, end_user FROM runs
+                "SELECT id, org, workspace, end_user, last_seq FROM runs
                  WHERE status IN ('queued', 'running')
                    AND (lease_until IS NULL OR lease_until < ?1)
                  ORDER BY id LIMIT ?2",
@@ -655,13 +656,13 @@ pub(super) fn claim(
                      GROUP BY org, workspace
                  ),
                  ready AS (
-                     SELECT id, org, workspace, end_user,
+                     SELECT id, org, workspace, end_user, last_seq,
                             ROW_NUMBER() OVER (PARTITION BY org, workspace ORDER BY id) AS nth
                      FROM runs
                      WHERE status IN ('queued', 'running')
                        AND (lease_until IS NULL OR lease_until < ?1)
                  )
-                 SELECT r.id, r.org, r.workspace, r.end_user FROM ready r
+                 SELECT r.id, r.org, r.workspace, r.end_user, r.last_seq FROM ready r
                  LEFT JOIN busy b ON b.org = r.org AND b.workspace = r.workspace
                  WHERE COALESCE(b.n, 0) + r.nth <= ?3
                  ORDER BY r.id LIMIT ?2",
@@ -673,7 +674,7 @@ pub(super) fn claim(
         conn.prepare_cached("UPDATE runs SET lease_owner = ?2, lease_until = ?3 WHERE id = ?1")?;
     let until = now.saturating_add(lease_ms);
     let mut claimed = Vec::with_capacity(rows.len());
-    for (id, org, ws, end_user) in rows {
+    for (id, org, ws, end_user, last_seq) in rows {
         lease.execute(params![id, worker, until])?;
         claimed.push(Claimed {
             scope: Scope {
@@ -686,6 +687,7 @@ pub(super) fn claim(
                     .map_err(corrupt)?,
             },
             run_id: RunId::parse(&id).map_err(corrupt)?,
+            last_seq,
         });
     }
     Ok(claimed)
