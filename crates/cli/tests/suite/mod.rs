@@ -12,6 +12,7 @@ mod local_run;
 mod members;
 mod provider_faults;
 mod run_stream;
+mod sandbox_helper;
 mod vault;
 mod workspace_cap;
 

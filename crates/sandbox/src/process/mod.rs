@@ -37,19 +37,38 @@ use crate::{
 pub struct HelperCommand {
     pub exe: PathBuf,
     pub args: Vec<String>,
+    /// The helper's whole environment (the server's is never passed on).
+    pub env: Vec<(String, String)>,
 }
 
+/// Set in every helper's environment by [`HelperCommand::new`]. Without a memory cgroup the
+/// sandbox caps memory with `RLIMIT_AS`, which counts address space the helper has only
+/// reserved: mimalloc (the `paddock` binary's allocator) reserves 1 GiB up front, so with it
+/// the helper could not even start the command under a 512 MiB cap.
+const HELPER_ENV: &[(&str, &str)] = &[("MIMALLOC_ARENA_RESERVE", "0")];
+
 impl HelperCommand {
+    pub fn new(exe: impl Into<PathBuf>, args: Vec<String>) -> Self {
+        HelperCommand {
+            exe: exe.into(),
+            args,
+            env: HELPER_ENV
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
+
     /// The running executable with [`crate::helper::HELPER_ARG`] (for binaries that call
     /// [`crate::helper::maybe_run`] first thing in `main`).
     pub fn current_exe() -> Result<Self, SandboxError> {
         let exe = std::env::current_exe().map_err(|e| {
             SandboxError::Unavailable(format!("cannot locate the running executable: {e}"))
         })?;
-        Ok(HelperCommand {
+        Ok(HelperCommand::new(
             exe,
-            args: vec![crate::helper::HELPER_ARG.to_string()],
-        })
+            vec![crate::helper::HELPER_ARG.to_string()],
+        ))
     }
 }
 
@@ -86,6 +105,7 @@ impl Default for ProcessOptions {
 struct Inner {
     exe: CString,
     argv: Vec<CString>,
+    env: Vec<CString>,
     opts: ProcessOptions,
     root: bool,
     layout: Layout,
@@ -144,6 +164,12 @@ impl ProcessDriver {
                     .map_err(|_| unavailable("helper argument contains a NUL byte".into()))?,
             );
         }
+        let env = helper
+            .env
+            .iter()
+            .map(|(k, v)| CString::new(format!("{k}={v}")))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| unavailable("helper environment contains a NUL byte".into()))?;
 
         let root = nix::unistd::geteuid().is_root();
         let (cgroups, cgroup_note) = if !opts.cgroups {
@@ -160,6 +186,7 @@ impl ProcessDriver {
         let inner = Arc::new(Inner {
             exe,
             argv,
+            env,
             opts,
             root,
             layout: layout::probe(),
@@ -386,7 +413,7 @@ fn start_helper(inner: &Inner) -> Result<Idle, SandboxError> {
         let pid = sys::spawn(
             &inner.exe,
             &inner.argv,
-            &[],
+            &inner.env,
             &[
                 (stdin_r.as_fd(), 0),
                 (stdout_w.as_fd(), 1),

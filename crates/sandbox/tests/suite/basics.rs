@@ -163,20 +163,14 @@ async fn report_names_the_mechanisms() {
 
 #[test]
 fn a_helper_that_is_not_one_makes_the_tier_unavailable() {
-    let bogus = HelperCommand {
-        exe: "/bin/true".into(),
-        args: vec![],
-    };
+    let bogus = HelperCommand::new("/bin/true", vec![]);
     match ProcessDriver::new(bogus) {
         Err(SandboxError::Unavailable(msg)) => {
             assert!(msg.contains("running `true` in a sandbox failed"), "{msg}")
         }
         other => panic!("expected unavailable, got {other:?}"),
     }
-    let missing = HelperCommand {
-        exe: "/nonexistent/helper".into(),
-        args: vec![],
-    };
+    let missing = HelperCommand::new("/nonexistent/helper", vec![]);
     assert!(matches!(
         ProcessDriver::new(missing),
         Err(SandboxError::Unavailable(_))

@@ -9,16 +9,13 @@ mod none_tier;
 mod syscalls;
 mod unprivileged;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 
 use paddock_sandbox::{ExecOutput, ExecSpec, HelperCommand, ProcessDriver, SandboxDriver};
 
 pub fn helper() -> HelperCommand {
-    HelperCommand {
-        exe: PathBuf::from(env!("CARGO_BIN_EXE_paddock-sandbox-helper")),
-        args: vec![],
-    }
+    HelperCommand::new(env!("CARGO_BIN_EXE_paddock-sandbox-helper"), vec![])
 }
 
 /// One process-tier driver for the whole suite (creating it probes the host and runs `true`).

@@ -21,16 +21,16 @@ async fn unprivileged_helper_confines_too() {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let exe = dir.path().join("helper");
     std::fs::copy(env!("CARGO_BIN_EXE_paddock-sandbox-helper"), &exe).unwrap();
-    let helper = HelperCommand {
-        exe: "/usr/bin/setpriv".into(),
-        args: vec![
+    let helper = HelperCommand::new(
+        "/usr/bin/setpriv",
+        vec![
             "--reuid=65534".into(),
             "--regid=65534".into(),
             "--clear-groups".into(),
             "--".into(),
             exe.to_string_lossy().into_owned(),
         ],
-    };
+    );
     let opts = ProcessOptions {
         cgroups: false,
         ..Default::default()
