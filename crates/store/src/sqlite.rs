@@ -97,10 +97,13 @@ pub struct SqliteStore {
     /// (the folder lock); raised before a budget is written, lowered after one is deleted.
     budgeted: std::sync::Mutex<std::collections::HashMap<(String, String), i64>>,
     /// API keys by secret hash, exact for the same reason ([`keycache`]).
-    keys: keycache::KeyCache,
+    keys: Arc<keycache::KeyCache>,
     /// Each agent's latest version by (org, workspace, name), exact for the same reason.
-    latest_agents: keycache::ExactCache<(String, String, String), AgentRecord>,
+    latest_agents: Arc<keycache::ExactCache<(String, String, String), Arc<AgentRecord>>>,
 }
+
+/// Most bytes of agent definitions (as stored) in [`SqliteStore::latest_agents`].
+const AGENT_CACHE_BYTES: usize = 16 << 20;
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -153,8 +156,8 @@ impl SqliteStore {
             notify,
             commits,
             budgeted,
-            keys: keycache::KeyCache::default(),
-            latest_agents: keycache::ExactCache::default(),
+            keys: Arc::new(keycache::KeyCache::for_keys()),
+            latest_agents: Arc::new(keycache::ExactCache::new(AGENT_CACHE_BYTES)),
         }))
     }
 
@@ -183,6 +186,42 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut write::Ctx<'_>) -> Result<(T, Option<Committed>)> + Send + 'static,
     {
+        self.submit(isolation, work)?
+            .await
+            .map_err(|_| stopped())?
+            .into_outcome()
+    }
+
+    /// [`SqliteStore::write`], then `after` once the write has committed or failed, even if the
+    /// caller stops waiting: a request dropped mid-way (a client hanging up) must not skip the
+    /// cache invalidation that follows a committed change.
+    async fn write_then<T, F>(&self, work: F, after: impl FnOnce() + Send + 'static) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<(T, Option<Committed>)> + Send + 'static,
+    {
+        let reply = self.submit(Isolation::Savepoint, move |ctx: &mut write::Ctx<'_>| {
+            work(ctx.conn)
+        })?;
+        tokio::spawn(async move {
+            let reply = reply.await;
+            after();
+            reply.map_err(|_| stopped())?.into_outcome()
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("store write task failed: {e}")))?
+    }
+
+    /// Queues an operation for the writer; the receiver gets its outcome.
+    fn submit<T, F>(
+        &self,
+        isolation: Isolation,
+        work: F,
+    ) -> Result<oneshot::Receiver<write::Reply<T>>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut write::Ctx<'_>) -> Result<(T, Option<Committed>)> + Send + 'static,
+    {
         let (tx, rx) = oneshot::channel();
         let job = write::pending(isolation, work, tx);
         self.jobs
@@ -190,7 +229,7 @@ impl SqliteStore {
             .ok_or_else(stopped)?
             .send(job)
             .map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?.into_outcome()
+        Ok(rx)
     }
 }
 
@@ -370,12 +409,13 @@ fn scope_params(scope: &Scope) -> (&str, &str, Option<&str>) {
 impl Store for SqliteStore {
     async fn put_agent(&self, scope: &Scope, def: &AgentDefinition) -> Result<AgentRecord> {
         let (scope, def) = (scope.clone(), def.clone());
-        let put = self
-            .write(move |conn| Ok((write::put_agent(conn, &scope, def)?, None)))
-            .await;
+        let agents = Arc::clone(&self.latest_agents);
         // Even after a failure: the write may have committed before the answer was lost.
-        self.latest_agents.invalidate();
-        put
+        self.write_then(
+            move |conn| Ok((write::put_agent(conn, &scope, def)?, None)),
+            move || agents.invalidate(),
+        )
+        .await
     }
 
     async fn get_agent(
@@ -403,7 +443,7 @@ impl Store for SqliteStore {
             name,
         );
         if let Some(hit) = self.latest_agents.get(&key) {
-            return Ok(Some(hit));
+            return Ok(Some(AgentRecord::clone(&hit)));
         }
         let generation = self.latest_agents.generation();
         let (s, n) = (scope, key.2.clone());
@@ -412,7 +452,10 @@ impl Store for SqliteStore {
             .with(move |conn| read::get_agent(conn, &s, &n, None))
             .await?;
         if let Some(found) = &found {
-            self.latest_agents.insert(generation, key, found.clone());
+            // Its size as stored; a definition that does not serialize is simply not cached.
+            let weight = serde_json::to_vec(&found.definition).map_or(usize::MAX, |v| v.len());
+            self.latest_agents
+                .insert(generation, key, Arc::new(found.clone()), weight);
         }
         Ok(found)
     }
@@ -653,7 +696,7 @@ impl Store for SqliteStore {
             .await?;
         if let Some(found) = &found {
             self.keys
-                .insert(generation, secret_hash.to_owned(), found.clone());
+                .insert(generation, secret_hash.to_owned(), found.clone(), 1);
         }
         Ok(found)
     }
@@ -675,12 +718,13 @@ impl Store for SqliteStore {
 
     async fn revoke_api_key(&self, scope: &Scope, id: &KeyId, at: Millis) -> Result<bool> {
         let (scope, id) = (scope.clone(), id.clone());
-        let revoked = self
-            .write(move |conn| Ok((write::revoke_api_key(conn, &scope, &id, at)?, None)))
-            .await;
+        let keys = Arc::clone(&self.keys);
         // Even after a failure: the write may have committed before the answer was lost.
-        self.keys.invalidate();
-        revoked
+        self.write_then(
+            move |conn| Ok((write::revoke_api_key(conn, &scope, &id, at)?, None)),
+            move || keys.invalidate(),
+        )
+        .await
     }
 
     async fn count_api_keys(&self) -> Result<u64> {

@@ -10,8 +10,9 @@
 //! the stale row back: entries are inserted only if no invalidation happened since the read
 //! began (`generation`).
 //!
-//! Only rows that exist are cached (a flood of unknown names adds nothing); the cache is cleared
-//! when it reaches [`MAX_ENTRIES`], so its memory stays bounded.
+//! Only rows that exist are cached (a flood of unknown names adds nothing); each entry has a
+//! weight (1 per key, its size for an agent) and the cache is cleared when the total would pass
+//! its budget, so its memory stays bounded.
 
 use crate::KeyRecord;
 use paddock_types::time::Millis;
@@ -21,31 +22,36 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::Mutex;
 
-/// Most entries held; reaching it empties the cache (they come back on their next use).
-const MAX_ENTRIES: usize = 10_000;
+/// Most API keys held; reaching it empties the cache (they come back on their next use).
+const MAX_KEYS: usize = 10_000;
 
 pub(super) struct ExactCache<K, V> {
     inner: Mutex<Inner<K, V>>,
+    /// Most total weight held.
+    budget: usize,
 }
 
 struct Inner<K, V> {
     /// Bumped by every invalidation.
     generation: u64,
     entries: HashMap<K, V>,
+    /// Sum of the inserted entries' weights since the last clear (a replaced entry still
+    /// counts, which only clears the cache a little early).
+    weight: usize,
 }
 
-impl<K, V> Default for ExactCache<K, V> {
-    fn default() -> Self {
+impl<K: Eq + Hash, V: Clone> ExactCache<K, V> {
+    pub(super) fn new(budget: usize) -> Self {
         ExactCache {
             inner: Mutex::new(Inner {
                 generation: 0,
                 entries: HashMap::new(),
+                weight: 0,
             }),
+            budget,
         }
     }
-}
 
-impl<K: Eq + Hash, V: Clone> ExactCache<K, V> {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner<K, V>> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -62,15 +68,18 @@ impl<K: Eq + Hash, V: Clone> ExactCache<K, V> {
         self.lock().generation
     }
 
-    /// Caches what a read that began at `generation` found, unless the rows changed since.
-    pub(super) fn insert(&self, generation: u64, key: K, found: V) {
+    /// Caches what a read that began at `generation` found, unless the rows changed since or it
+    /// alone outweighs the budget.
+    pub(super) fn insert(&self, generation: u64, key: K, found: V, weight: usize) {
         let mut inner = self.lock();
-        if inner.generation != generation {
+        if inner.generation != generation || weight > self.budget {
             return;
         }
-        if inner.entries.len() >= MAX_ENTRIES {
+        if inner.weight + weight > self.budget {
             inner.entries.clear();
+            inner.weight = 0;
         }
+        inner.weight += weight;
         inner.entries.insert(key, found);
     }
 
@@ -80,13 +89,18 @@ impl<K: Eq + Hash, V: Clone> ExactCache<K, V> {
         let mut inner = self.lock();
         inner.generation += 1;
         inner.entries.clear();
+        inner.weight = 0;
     }
 }
 
-/// API keys by secret hash.
+/// API keys by secret hash, each of weight 1.
 pub(super) type KeyCache = ExactCache<String, (Scope, KeyRecord)>;
 
 impl KeyCache {
+    pub(super) fn for_keys() -> Self {
+        ExactCache::new(MAX_KEYS)
+    }
+
     /// After a committed `last_used_at` update (which never goes backwards, like the row's).
     pub(super) fn touched(&self, id: &KeyId, at: Millis) {
         for (_, key) in self.lock().entries.values_mut() {
@@ -123,13 +137,13 @@ mod tests {
 
     #[test]
     fn a_read_that_raced_an_invalidation_is_not_cached() {
-        let c = KeyCache::default();
+        let c = KeyCache::for_keys();
         let g = c.generation();
         c.invalidate();
-        c.insert(g, "h".to_owned(), key());
+        c.insert(g, "h".to_owned(), key(), 1);
         assert!(c.get("h").is_none());
         let g = c.generation();
-        c.insert(g, "h".to_owned(), key());
+        c.insert(g, "h".to_owned(), key(), 1);
         assert!(c.get("h").is_some());
         c.invalidate();
         assert!(c.get("h").is_none());
@@ -137,16 +151,29 @@ mod tests {
 
     #[test]
     fn touches_update_and_size_is_bounded() {
-        let c = KeyCache::default();
+        let c = KeyCache::for_keys();
         let k = key();
         let id = k.1.id.clone();
-        c.insert(0, "h".to_owned(), k);
+        c.insert(0, "h".to_owned(), k, 1);
         c.touched(&id, 42);
         c.touched(&id, 41);
         assert_eq!(c.get("h").unwrap().1.last_used_at, Some(42));
-        for i in 0..(2 * MAX_ENTRIES) {
-            c.insert(0, format!("k{i}"), key());
+        for i in 0..(2 * MAX_KEYS) {
+            c.insert(0, format!("k{i}"), key(), 1);
         }
-        assert!(c.lock().entries.len() <= MAX_ENTRIES);
+        assert!(c.lock().entries.len() <= MAX_KEYS);
+    }
+
+    #[test]
+    fn weight_is_bounded_and_an_oversized_entry_is_not_kept() {
+        let c: ExactCache<u32, u32> = ExactCache::new(100);
+        c.insert(0, 1, 1, 101);
+        assert!(c.get(&1).is_none(), "heavier than the whole budget");
+        for i in 0..50 {
+            c.insert(0, i, i, 30);
+            let inner = c.lock();
+            assert!(inner.weight <= 100 && inner.entries.len() <= 3);
+        }
+        assert_eq!(c.get(&49), Some(49), "the latest entry is kept");
     }
 }

@@ -604,3 +604,54 @@ async fn audit_checkpoints_catch_truncation_and_a_rewritten_tail() {
         assert_eq!(broken(&online), (last.seq, expected.to_owned()), "{tamper}");
     }
 }
+
+/// The caches the single writer keeps exact are cleared once a change commits, even when the
+/// caller gave up waiting: a client that hangs up mid-revocation must not leave the revoked
+/// key working, nor a new agent version hidden behind the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_caller_still_clears_the_caches() {
+    use paddock_store::conformance::key_record;
+    use paddock_types::Role;
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let s = Scope::default_workspace();
+    let key = key_record("k", Role::Owner, "hash-1");
+    store.ensure_workspace(&s, "default").await.unwrap();
+    store.create_api_key(&s, key.clone()).await.unwrap();
+    store
+        .put_agent(&s, &agent("a", "1.0.0", "v1").unwrap())
+        .await
+        .unwrap();
+    // Cached by these reads.
+    assert!(store.api_key_by_hash("hash-1").await.unwrap().is_some());
+    assert!(store.get_agent(&s, "a", None).await.unwrap().is_some());
+
+    // Each polled once (the write is queued), then dropped before it is answered.
+    let poll_once_and_drop =
+        |mut fut: std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send + '_>>| {
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            assert!(fut.as_mut().poll(&mut cx).is_pending());
+        };
+    poll_once_and_drop(Box::pin(async {
+        store.revoke_api_key(&s, &key.id, 5).await.map(drop)
+    }));
+    let v2 = agent("a", "2.0.0", "v2").unwrap();
+    poll_once_and_drop(Box::pin(async { store.put_agent(&s, &v2).await.map(drop) }));
+
+    let mut revoked = false;
+    let mut latest = String::new();
+    for _ in 0..500 {
+        let k = store.api_key_by_hash("hash-1").await.unwrap().unwrap();
+        revoked = k.1.revoked_at.is_some();
+        let a = store.get_agent(&s, "a", None).await.unwrap().unwrap();
+        latest = a.definition.manifest.version.to_string();
+        if revoked && latest == "2.0.0" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(revoked, "the revoked key is still served from the cache");
+    assert_eq!(latest, "2.0.0", "the old latest version is still served");
+}
