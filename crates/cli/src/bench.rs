@@ -490,7 +490,11 @@ async fn sandbox_spawn() -> Result<(f64, f64)> {
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    let n = v.len();
+    match (v.get(n.wrapping_sub(1) / 2), v.get(n / 2)) {
+        (Some(lo), Some(hi)) => (lo + hi) / 2.0,
+        _ => f64::NAN,
+    }
 }
 
 fn round3(x: f64) -> f64 {

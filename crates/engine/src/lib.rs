@@ -100,8 +100,9 @@ pub type Result<T, E = EngineError> = std::result::Result<T, E>;
 
 type AgentKey = (String, String, String, String);
 
-/// Most entries in [`Engine::fresh`].
-const MAX_FRESH: usize = 10_000;
+/// Most entries in [`Engine::fresh`], and the largest first event (as JSON) it keeps.
+const MAX_FRESH: usize = 1_024;
+const MAX_FRESH_EVENT_BYTES: usize = 16 << 10;
 
 pub struct Engine {
     store: DynStore,
@@ -116,7 +117,8 @@ pub struct Engine {
     /// the claiming worker folds it without reading the journal back: the claim's `last_seq`
     /// of 1 proves nothing was appended since. Runs claimed by another process, or cancelled
     /// while queued, leave their entry behind, so the map is emptied when it reaches
-    /// [`MAX_FRESH`].
+    /// [`MAX_FRESH`]; and only small events are kept, so a backlog of queued runs with large
+    /// inputs does not pin them in memory.
     fresh: Mutex<HashMap<RunId, Event>>,
     slots: Arc<Semaphore>,
     waiters: waiters::Waiters,
@@ -272,7 +274,7 @@ impl Engine {
             created_by,
         });
         // Remembered before the run exists: a worker may claim it the moment it commits.
-        {
+        if json_fits(&first.kind, MAX_FRESH_EVENT_BYTES) {
             let mut fresh = self.lock_fresh();
             if fresh.len() >= MAX_FRESH {
                 fresh.clear();
@@ -477,6 +479,24 @@ impl Engine {
     }
 }
 
+/// Whether `kind` serializes to at most `limit` bytes of JSON (serializing no further).
+fn json_fits(kind: &EventKind, limit: usize) -> bool {
+    struct Budget(usize);
+    impl std::io::Write for Budget {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 = self
+                .0
+                .checked_sub(buf.len())
+                .ok_or(std::io::ErrorKind::FileTooLarge)?;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    serde_json::to_writer(Budget(limit), kind).is_ok()
+}
+
 fn agent_key(scope: &Scope, name: &str, version: &str) -> AgentKey {
     (
         scope.org.to_string(),
@@ -484,4 +504,27 @@ fn agent_key(scope: &Scope, name: &str, version: &str) -> AgentKey {
         name.to_owned(),
         version.to_owned(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_small_first_events_are_remembered() {
+        let created = |input: &str| EventKind::RunCreated {
+            agent: "a".into(),
+            agent_version: "1.0.0".into(),
+            input: serde_json::Value::String(input.into()),
+            metadata: serde_json::json!({}),
+            system_prompt: "s".into(),
+            user_message: "u".into(),
+            sandbox: "none".into(),
+            end_user: None,
+            created_by: None,
+        };
+        assert!(json_fits(&created("x"), MAX_FRESH_EVENT_BYTES));
+        let big = "x".repeat(MAX_FRESH_EVENT_BYTES);
+        assert!(!json_fits(&created(&big), MAX_FRESH_EVENT_BYTES));
+    }
 }
