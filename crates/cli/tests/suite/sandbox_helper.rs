@@ -18,7 +18,10 @@ async fn the_binary_runs_tools_under_an_address_space_limit() {
         .unwrap()
         .expect("process tier without cgroups");
     let ws = tempfile::tempdir().unwrap();
-    let mut spec = ExecSpec::new(ws.path(), ["bash", "-c", "echo hi; ( echo sub )"]);
+    let mut spec = ExecSpec::new(
+        ws.path(),
+        ["bash", "-c", "echo hi; ( echo sub ); ulimit -v"],
+    );
     spec.limits = Limits {
         memory_bytes: 256 << 20,
         ..Limits::default()
@@ -26,7 +29,7 @@ async fn the_binary_runs_tools_under_an_address_space_limit() {
     let o = driver.exec(spec).await.unwrap();
     assert_eq!(
         String::from_utf8_lossy(&o.stdout),
-        "hi\nsub\n",
+        "hi\nsub\n262144\n",
         "stderr: {}",
         String::from_utf8_lossy(&o.stderr)
     );
