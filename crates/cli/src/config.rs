@@ -313,6 +313,14 @@ pub fn load(file: Option<&Path>, o: &Overrides) -> Result<Config> {
             "invalid configuration: auth.session_ttl_secs must be between 60 and 2592000 (30 days)"
         );
     }
+    // The sandbox helper maps about 32 MiB itself, and without cgroups it lives under the same
+    // address-space cap as the command until it starts it.
+    if !(64..=1 << 24).contains(&cfg.sandbox.memory_mb) {
+        anyhow::bail!(
+            "invalid configuration: sandbox.memory_mb must be between 64 and 16777216, not {}",
+            cfg.sandbox.memory_mb
+        );
+    }
     if cfg.engine.lease_secs < 3 {
         anyhow::bail!("invalid configuration: engine.lease_secs must be at least 3");
     }
@@ -366,6 +374,22 @@ mod tests {
             assert!(
                 format!("{e:#}").contains("rate_limits") || format!("{e:#}").contains("per_minute"),
                 "{bad}: {e:#}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_sandbox_memory_cap_too_small_for_the_helper_is_refused() {
+        assert_eq!(load_toml("").unwrap().sandbox.memory_mb, 512);
+        assert!(load_toml("[sandbox]\nmemory_mb = 64\n").is_ok());
+        for bad in [
+            "[sandbox]\nmemory_mb = 16\n",
+            "[sandbox]\nmemory_mb = 99999999999\n",
+        ] {
+            let e = format!("{:#}", load_toml(bad).unwrap_err());
+            assert!(
+                e.contains("sandbox.memory_mb must be between 64"),
+                "{bad}: {e}"
             );
         }
     }
