@@ -75,7 +75,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("sqlite/migrations/0006_members.sql"),
     include_str!("sqlite/migrations/0007_end_users_budgets.sql"),
     include_str!("sqlite/migrations/0008_key_scopes.sql"),
-    include_str!("sqlite/migrations/0009_journal.sql"),
+    include_str!("sqlite/migrations/0009_events_append_order.sql"),
+    include_str!("sqlite/migrations/0010_journal.sql"),
 ];
 
 /// The schema version (`PRAGMA user_version`) this binary migrates databases to.

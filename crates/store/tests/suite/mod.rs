@@ -234,13 +234,38 @@ async fn claiming_uses_the_partial_index() {
 
 #[tokio::test]
 async fn a_version_1_database_is_migrated_keeping_its_data() {
+    migrated_keeping_its_data(&[include_str!("../../src/sqlite/migrations/0001_init.sql")]).await;
+}
+
+/// Version 9 is what the release before the journal table left behind (events one row each, in
+/// append order): it must still reach the journal.
+#[tokio::test]
+async fn a_version_9_database_is_migrated_keeping_its_data() {
+    migrated_keeping_its_data(&[
+        include_str!("../../src/sqlite/migrations/0001_init.sql"),
+        include_str!("../../src/sqlite/migrations/0002_secrets.sql"),
+        include_str!("../../src/sqlite/migrations/0003_tenancy.sql"),
+        include_str!("../../src/sqlite/migrations/0004_audit.sql"),
+        include_str!("../../src/sqlite/migrations/0005_idempotency.sql"),
+        include_str!("../../src/sqlite/migrations/0006_members.sql"),
+        include_str!("../../src/sqlite/migrations/0007_end_users_budgets.sql"),
+        include_str!("../../src/sqlite/migrations/0008_key_scopes.sql"),
+        include_str!("../../src/sqlite/migrations/0009_events_append_order.sql"),
+    ])
+    .await;
+}
+
+/// Opens what a binary that knew only `migrations` left behind (an agent and two runs' events)
+/// and checks that the current schema keeps all of it.
+async fn migrated_keeping_its_data(migrations: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     {
-        // What a binary that only knew 0001 left behind.
         let db = rusqlite::Connection::open(dir.path().join("paddock.db")).unwrap();
-        db.execute_batch(include_str!("../../src/sqlite/migrations/0001_init.sql"))
+        for sql in migrations {
+            db.execute_batch(sql).unwrap();
+        }
+        db.pragma_update(None, "user_version", migrations.len() as i64)
             .unwrap();
-        db.pragma_update(None, "user_version", 1).unwrap();
         let def = serde_json::to_string(&agent("alpha", "1.0.0", "old").unwrap()).unwrap();
         db.execute(
             "INSERT INTO agents (org, workspace, name, version, definition, created_at)
@@ -286,7 +311,7 @@ async fn a_version_1_database_is_migrated_keeping_its_data() {
     let version: i64 = db
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 9);
+    assert_eq!(version, paddock_store::sqlite::SCHEMA_VERSION);
     // Every event kept, in each run's order, one journal row each, and (run, seq) still unique.
     let journal: Vec<(i64, i64, String)> = db
         .prepare("SELECT first_seq, last_seq, events FROM journal WHERE run_id = 'run_a' ORDER BY last_seq")

@@ -1,9 +1,8 @@
 -- The journal, one row per append: the events one append added to a run, in the order appends
--- were made, found by run through an index. Keyed by (run_id, seq), one row per event, the
--- concurrent runs of a group commit each wrote into their own part of the events table: a commit
--- of 35 appends rewrote about 300 pages (each run's last leaf and the neighbours each split
--- rebalanced), 40 times the bytes of the events themselves, and every event cost a row and an
--- index entry. Now an append is one row at the end of the table and one small index entry.
+-- were made, found by run through an index. With one row per event (keyed by (run_id, seq)
+-- before 0009, in append order since), every event cost a row and an index entry, and a group
+-- commit's index entries landed all over the index. Now an append is one row at the end of the
+-- table and one small index entry. Works on the events table of either layout.
 CREATE TABLE journal (
     id        INTEGER PRIMARY KEY,
     run_id    TEXT    NOT NULL REFERENCES runs (id),
