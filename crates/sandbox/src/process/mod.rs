@@ -41,21 +41,16 @@ pub struct HelperCommand {
     pub env: Vec<(String, String)>,
 }
 
-/// Set in every helper's environment by [`HelperCommand::new`]. Without a memory cgroup the
-/// sandbox caps memory with `RLIMIT_AS`, which counts address space the helper has only
-/// reserved: mimalloc (the `paddock` binary's allocator) reserves 1 GiB up front, so with it
-/// the helper could not even start the command under a 512 MiB cap.
-const HELPER_ENV: &[(&str, &str)] = &[("MIMALLOC_ARENA_RESERVE", "0")];
-
 impl HelperCommand {
+    /// Without a memory cgroup the sandbox caps memory with `RLIMIT_AS`, which counts address
+    /// space the helper has only reserved: mimalloc (the `paddock` binary's allocator) reserves
+    /// 1 GiB up front unless told not to, and the helper could then not even start the command
+    /// under a 512 MiB cap.
     pub fn new(exe: impl Into<PathBuf>, args: Vec<String>) -> Self {
         HelperCommand {
             exe: exe.into(),
             args,
-            env: HELPER_ENV
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
+            env: vec![("MIMALLOC_ARENA_RESERVE".to_owned(), "0".to_owned())],
         }
     }
 

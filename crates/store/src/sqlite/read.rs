@@ -289,7 +289,7 @@ pub(super) fn events(
              WHERE run_id = ?1 AND last_seq > ?2 ORDER BY last_seq",
         )?;
         let mut rows = stmt.query(params![run_id.as_str(), after])?;
-        // One row per append (see migration 0009); the first row may start before `after`.
+        // One row per append (see migration 0010); the first row may start before `after`.
         'rows: while events.len() < limit as usize {
             let Some(row) = rows.next()? else { break };
             let first: i64 = row.get(0)?;

@@ -922,7 +922,7 @@ fn insert_event(conn: &Connection, run_id: &RunId, ev: &Event) -> Result<()> {
 }
 
 /// Appends one journal row: a run's consecutive events, given as (seq, at, encoded kind). One
-/// row and one index entry per append, however many events it holds (see migration 0009).
+/// row and one index entry per append, however many events it holds (see migration 0010).
 fn insert_journal(conn: &Connection, run_id: &RunId, events: &[(u64, i64, &str)]) -> Result<()> {
     use std::fmt::Write as _;
     let (Some(first), Some(last)) = (events.first(), events.last()) else {
