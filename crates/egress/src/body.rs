@@ -1,7 +1,7 @@
 //! Body and stream wrappers: byte counting, streamed redaction, and the record that is pushed
 //! when a response body is finished or dropped.
 
-use crate::credentials::StreamRedactor;
+use crate::redact::StreamRedactor;
 use crate::run::RecordGuard;
 use bytes::Bytes;
 use http::HeaderMap;

@@ -23,6 +23,7 @@ mod credentials;
 mod error;
 mod policy;
 mod proxy;
+mod redact;
 mod request;
 mod run;
 

@@ -6,7 +6,8 @@ use crate::body::{Counted, ProxyBody, ResponseBody, counting_request, empty, ful
 use crate::broker::{
     Broker, Exchanged, Failure, Outbound, Scheme, UpstreamCache, strip_hop_by_hop,
 };
-use crate::credentials::{Injection, Redactor};
+use crate::credentials::Injection;
+use crate::redact::Redactor;
 use crate::error::{DenyReason, UpstreamFailure};
 use crate::policy::{ConnectVerdict, check_connect};
 use crate::run::{RecordGuard, RunEgress, denied_record};

@@ -1,6 +1,7 @@
 //! Per-run context: the run's policy and resolved credentials, and the log of what happened.
 
-use crate::credentials::{Redactor, ResolvedCredential};
+use crate::credentials::ResolvedCredential;
+use crate::redact::Redactor;
 use paddock_types::event::{EgressDecision, EgressRecord};
 use paddock_types::manifest::EgressRule;
 use std::fmt;
