@@ -210,6 +210,11 @@ pub struct EgressSection {
     /// default: such addresses are refused even when an allow rule names the host).
     #[serde(default)]
     pub allow_private: Vec<String>,
+    /// `host:port` targets where `[[credentials]]` bindings with `scheme = "http"` may inject
+    /// secrets in clear text (off by default: such requests are refused with
+    /// `plaintext_credential`). An operator decision; an agent manifest cannot ask for it alone.
+    #[serde(default)]
+    pub plaintext_credentials: Vec<String>,
     /// PEM files of extra root certificates trusted for upstream TLS.
     #[serde(default)]
     pub extra_root_certs: Vec<PathBuf>,

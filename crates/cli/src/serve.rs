@@ -153,6 +153,7 @@ async fn egress_broker(vault: &Vault, cfg: &EgressSection) -> Result<Arc<Broker>
     };
     let mut broker = BrokerConfig::new(ca);
     broker.allow_private = cfg.allow_private.clone();
+    broker.plaintext_credentials = cfg.plaintext_credentials.clone();
     for path in &cfg.extra_root_certs {
         let pem = std::fs::read_to_string(path)
             .with_context(|| format!("egress.extra_root_certs: cannot read {}", path.display()))?;

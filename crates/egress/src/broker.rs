@@ -33,6 +33,11 @@ pub struct BrokerConfig {
     /// `"127.0.0.1:8443"`, `"localhost:8443"` or `"[::1]:8443"`; an entry matches the request's
     /// host name as written or any address it resolves to. The allow-list rules still apply.
     pub allow_private: Vec<String>,
+    /// `host:port` targets where credentials may be injected over plain `http` (operator
+    /// setting, empty by default: a binding with `scheme = "http"` is refused with
+    /// `plaintext_credential` elsewhere). Entries like `"127.0.0.1:8080"`, `"localhost:8080"`,
+    /// `"[::1]:8080"`; matched against the request's host name as written (case-insensitive).
+    pub plaintext_credentials: Vec<String>,
     /// Extra trusted roots (PEM, one or more certificates each) for upstream TLS, in addition
     /// to the Mozilla roots from `webpki-roots`.
     pub extra_roots_pem: Vec<String>,
@@ -53,6 +58,7 @@ impl BrokerConfig {
     pub fn new(ca: CaPem) -> Self {
         Self {
             allow_private: Vec::new(),
+            plaintext_credentials: Vec::new(),
             extra_roots_pem: Vec::new(),
             ca,
             connect_timeout: Duration::from_secs(10),
@@ -94,10 +100,44 @@ impl Scheme {
     }
 }
 
+/// `[egress] plaintext_credentials`, parsed: `(host, port)` pairs, host lower-case without
+/// brackets.
+#[derive(Debug, Default)]
+struct PlaintextTargets(Vec<(String, u16)>);
+
+impl PlaintextTargets {
+    fn parse(entries: &[String]) -> Result<Self, EgressError> {
+        let mut out = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let bad = || {
+                EgressError::Config(format!(
+                    "plaintext_credentials entry {entry:?} is not host:port (e.g. \"localhost:8080\" or \"[::1]:8080\")"
+                ))
+            };
+            let (host, port) = entry.trim().rsplit_once(':').ok_or_else(bad)?;
+            let port: u16 = port.parse().map_err(|_| bad())?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let host = host.trim_end_matches('.').to_ascii_lowercase();
+            if port == 0 || host.is_empty() {
+                return Err(bad());
+            }
+            out.push((host, port));
+        }
+        Ok(Self(out))
+    }
+
+    fn allows(&self, host: &str, port: u16) -> bool {
+        self.0
+            .iter()
+            .any(|(h, p)| *p == port && h.eq_ignore_ascii_case(host.trim_end_matches('.')))
+    }
+}
+
 /// The egress broker. One per process; runs are attributed by the [`RunEgress`] passed in.
 pub struct Broker {
     pub(crate) cfg: BrokerConfig,
     pub(crate) allow: AllowPrivate,
+    plaintext: PlaintextTargets,
     client_tls: Arc<ClientConfig>,
     pub(crate) ca: CertAuthority,
 }
@@ -114,6 +154,7 @@ impl Broker {
     pub fn new(cfg: BrokerConfig) -> Result<Arc<Self>, EgressError> {
         let provider: Arc<CryptoProvider> = Arc::new(rustls::crypto::ring::default_provider());
         let allow = AllowPrivate::parse(&cfg.allow_private)?;
+        let plaintext = PlaintextTargets::parse(&cfg.plaintext_credentials)?;
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         for pem in &cfg.extra_roots_pem {
@@ -142,6 +183,7 @@ impl Broker {
         Ok(Arc::new(Self {
             cfg,
             allow,
+            plaintext,
             client_tls: Arc::new(client),
             ca,
         }))
@@ -261,6 +303,28 @@ impl Broker {
                 return Err(Failure::Denied(reason));
             }
         };
+        let inj = Injection::for_target(ctx.credentials(), scheme, &out.host, out.port);
+        if !inj.is_empty() {
+            let refusal =
+                if out.scheme == Scheme::Http && !self.plaintext.allows(&out.host, out.port) {
+                    Some(DenyReason::PlaintextCredential)
+                } else if inj.placeholder_misplaced(&out.path_and_query, &out.headers) {
+                    Some(DenyReason::PlaceholderMisplaced)
+                } else {
+                    None
+                };
+            if let Some(reason) = refusal {
+                ctx.recorder().push(denied_record(
+                    out.method.as_str(),
+                    scheme,
+                    &out.host,
+                    out.port,
+                    &path,
+                    reason.as_str(),
+                ));
+                return Err(Failure::Denied(reason));
+            }
+        }
         let record = EgressRecord {
             method: out.method.as_str().to_owned(),
             scheme: scheme.to_owned(),
@@ -322,7 +386,6 @@ impl Broker {
             }
         };
 
-        let inj = Injection::for_host(ctx.credentials(), &out.host);
         let target = inj.apply_to_target(&out.path_and_query);
         let mut headers = out.headers;
         strip_hop_by_hop(&mut headers);

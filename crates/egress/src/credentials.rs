@@ -5,7 +5,7 @@
 
 use crate::error::UpstreamFailure;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use paddock_types::manifest::{CredentialBinding, host_matches};
+use paddock_types::manifest::CredentialBinding;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use std::fmt;
 
@@ -22,8 +22,9 @@ pub struct ResolvedCredential {
     pub binding: CredentialBinding,
     /// The secret itself. Never logged, never recorded.
     pub value: String,
-    /// The stand-in the sandbox sees in `binding.placeholder_env`, swapped for `value` only on
-    /// requests to the bound host.
+    /// The stand-in the sandbox sees in `binding.placeholder_env`. Never swapped for `value`:
+    /// accepted only in the field the binding names (which the broker sets itself) on the bound
+    /// target, refused elsewhere on it, sent as is to other targets.
     pub placeholder: Option<String>,
 }
 
@@ -40,10 +41,6 @@ impl ResolvedCredential {
             value,
             placeholder,
         }
-    }
-
-    fn applies_to(&self, host: &str) -> bool {
-        host_matches(&self.binding.host, host)
     }
 }
 
@@ -148,15 +145,28 @@ pub fn placeholder_for(secret: &str) -> String {
         .collect()
 }
 
-/// The credentials that apply to one request's host.
+/// The credentials that apply to one request's exact `scheme://host:port`.
+///
+/// The broker never swaps a placeholder for the secret where the sandbox put it: it sets the
+/// one field each binding names (its header, or its query parameter) and refuses a request that
+/// carries a placeholder anywhere else. So the agent cannot choose where the secret goes (the
+/// URL, a header the upstream logs or echoes).
 pub(crate) struct Injection<'a> {
     creds: Vec<&'a ResolvedCredential>,
 }
 
 impl<'a> Injection<'a> {
-    pub(crate) fn for_host(all: &'a [ResolvedCredential], host: &str) -> Self {
+    pub(crate) fn for_target(
+        all: &'a [ResolvedCredential],
+        scheme: &str,
+        host: &str,
+        port: u16,
+    ) -> Self {
         Self {
-            creds: all.iter().filter(|c| c.applies_to(host)).collect(),
+            creds: all
+                .iter()
+                .filter(|c| c.binding.applies_to(scheme, host, port))
+                .collect(),
         }
     }
 
@@ -178,18 +188,54 @@ impl<'a> Injection<'a> {
         Some(names.join(","))
     }
 
-    /// Swaps placeholders in the path and query, then sets query-parameter credentials.
+    /// True when some applying credential's placeholder is outside the field its binding names:
+    /// in the path (raw or percent-decoded), in another query parameter, or in another header.
+    /// Nothing is swapped there, so this is not what keeps the secret in place; it tells the
+    /// agent its request would not work as meant instead of sending a placeholder upstream.
+    pub(crate) fn placeholder_misplaced(&self, path_and_query: &str, headers: &HeaderMap) -> bool {
+        let (path, query) = match path_and_query.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path_and_query, None),
+        };
+        self.creds.iter().any(|c| {
+            let Some(p) = c.placeholder.as_deref().filter(|p| !p.is_empty()) else {
+                return false;
+            };
+            let holds = |text: &str| {
+                text.contains(p) || percent_decode_str(text).decode_utf8_lossy().contains(p)
+            };
+            if holds(path) {
+                return true;
+            }
+            let own_param = c.binding.query.as_deref();
+            let in_query = query.is_some_and(|q| {
+                q.split('&').any(|pair| {
+                    let key = pair.split('=').next().unwrap_or(pair);
+                    let own = own_param
+                        .is_some_and(|name| percent_decode_str(key).decode_utf8_lossy() == name);
+                    !own && holds(pair)
+                })
+            });
+            if in_query {
+                return true;
+            }
+            let own_header = c
+                .binding
+                .header
+                .as_deref()
+                .and_then(|t| t.split_once(':'))
+                .map(|(name, _)| name.trim());
+            let finder = memfind(p.as_bytes());
+            headers.iter().any(|(name, value)| {
+                let own = own_header.is_some_and(|h| name.as_str().eq_ignore_ascii_case(h));
+                !own && finder(value.as_bytes())
+            })
+        })
+    }
+
+    /// Sets query-parameter credentials (replacing any parameter of that name the client sent).
     pub(crate) fn apply_to_target(&self, path_and_query: &str) -> String {
         let mut pq = path_and_query.to_owned();
-        for c in &self.creds {
-            if let Some(p) = &c.placeholder
-                && !p.is_empty()
-                && pq.contains(p.as_str())
-            {
-                let encoded = utf8_percent_encode(&c.value, URL_VALUE).to_string();
-                pq = pq.replace(p.as_str(), &encoded);
-            }
-        }
         for c in &self.creds {
             if let Some(param) = &c.binding.query {
                 pq = set_query_param(&pq, param, &c.value);
@@ -198,25 +244,9 @@ impl<'a> Injection<'a> {
         pq
     }
 
-    /// Swaps placeholders in header values, then sets header credentials (replacing whatever the
-    /// client sent under that name).
+    /// Sets header credentials (replacing whatever the client sent under that name, the
+    /// placeholder included).
     pub(crate) fn apply_to_headers(&self, headers: &mut HeaderMap) -> Result<(), UpstreamFailure> {
-        for c in &self.creds {
-            let Some(p) = c.placeholder.as_deref().filter(|p| !p.is_empty()) else {
-                continue;
-            };
-            let finder = memfind(p.as_bytes());
-            for value in headers.values_mut() {
-                if finder(value.as_bytes()) {
-                    let replaced =
-                        replace_bytes(value.as_bytes(), p.as_bytes(), c.value.as_bytes());
-                    let mut v = HeaderValue::from_bytes(&replaced)
-                        .map_err(|_| UpstreamFailure::CredentialInvalid)?;
-                    v.set_sensitive(true);
-                    *value = v;
-                }
-            }
-        }
         for c in &self.creds {
             let Some(template) = &c.binding.header else {
                 continue;
@@ -238,21 +268,6 @@ impl<'a> Injection<'a> {
 
 fn memfind(needle: &[u8]) -> impl Fn(&[u8]) -> bool + '_ {
     move |hay: &[u8]| !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
-}
-
-fn replace_bytes(hay: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(hay.len());
-    let mut i = 0;
-    while i < hay.len() {
-        if hay[i..].starts_with(needle) {
-            out.extend_from_slice(with);
-            i += needle.len();
-        } else {
-            out.push(hay[i]);
-            i += 1;
-        }
-    }
-    out
 }
 
 /// Removes every `name=…` pair from the query and appends `name=<value>` (percent-encoded).
@@ -287,7 +302,9 @@ mod tests {
     fn binding(secret: &str, host: &str) -> CredentialBinding {
         CredentialBinding {
             secret: secret.into(),
+            scheme: "https".into(),
             host: host.into(),
+            port: None,
             header: Some("Authorization: Bearer {secret}".into()),
             query: None,
             placeholder_env: Some("API_KEY".into()),
@@ -334,29 +351,36 @@ mod tests {
     }
 
     #[test]
-    fn injection_sets_header_and_swaps_placeholder_on_bound_host_only() {
+    fn injection_sets_the_named_header_on_the_bound_target_only() {
         let mut cred = ResolvedCredential::new(binding("gh", "api.github.com"), "s3cr3t-value");
         cred.placeholder = Some("PLACEHOLDER1".into());
         let creds = vec![cred];
-        let inj = Injection::for_host(&creds, "api.github.com");
+        let inj = Injection::for_target(&creds, "https", "api.github.com", 443);
         let mut h = HeaderMap::new();
-        h.insert("authorization", HeaderValue::from_static("Bearer client"));
-        h.insert("x-key", HeaderValue::from_static("k=PLACEHOLDER1"));
+        h.insert(
+            "authorization",
+            HeaderValue::from_static("Bearer PLACEHOLDER1"),
+        );
+        assert!(!inj.placeholder_misplaced("/a?x=1", &h));
         inj.apply_to_headers(&mut h).unwrap();
         assert_eq!(h["authorization"], "Bearer s3cr3t-value");
-        assert_eq!(h["x-key"], "k=s3cr3t-value");
-        assert_eq!(
-            inj.apply_to_target("/a?x=PLACEHOLDER1"),
-            "/a?x=s3cr3t-value"
-        );
+        assert_eq!(inj.apply_to_target("/a?x=1"), "/a?x=1");
         assert_eq!(inj.names().as_deref(), Some("gh"));
 
-        let other = Injection::for_host(&creds, "evil.com");
-        assert!(other.is_empty());
-        assert_eq!(
-            other.apply_to_target("/a?x=PLACEHOLDER1"),
-            "/a?x=PLACEHOLDER1"
-        );
+        let mut other = HeaderMap::new();
+        other.insert("x-key", HeaderValue::from_static("k=PLACEHOLDER1"));
+        assert!(inj.placeholder_misplaced("/a", &other));
+        assert!(inj.placeholder_misplaced("/a?x=PLACEHOLDER1", &HeaderMap::new()));
+        assert!(inj.placeholder_misplaced("/PLACEHOLDER1", &HeaderMap::new()));
+        assert!(inj.placeholder_misplaced("/%50LACEHOLDER1", &HeaderMap::new()));
+
+        for (scheme, host, port) in [
+            ("https", "evil.com", 443),
+            ("http", "api.github.com", 443),
+            ("https", "api.github.com", 8443),
+        ] {
+            assert!(Injection::for_target(&creds, scheme, host, port).is_empty());
+        }
     }
 
     #[test]
@@ -376,7 +400,7 @@ mod tests {
         )];
         let mut h = HeaderMap::new();
         assert_eq!(
-            Injection::for_host(&creds, "a.com").apply_to_headers(&mut h),
+            Injection::for_target(&creds, "https", "a.com", 443).apply_to_headers(&mut h),
             Err(UpstreamFailure::CredentialInvalid)
         );
     }

@@ -33,6 +33,19 @@ pub enum DenyReason {
     BadRequest,
     /// `request()` met more redirects than it follows.
     TooManyRedirects,
+    /// A credential's placeholder is somewhere other than the header or query parameter its
+    /// binding names (another header, the path, another parameter). Put it in the named field,
+    /// or leave it out: the broker sets that field itself.
+    PlaceholderMisplaced,
+    /// The request would get a credential over plain `http`, and the operator did not list the
+    /// target in `[egress] plaintext_credentials`. Use https, or ask the operator.
+    PlaintextCredential,
+    /// The TLS ClientHello inside a `CONNECT` names another server (or none, for a host name)
+    /// than the `CONNECT` target.
+    SniMismatch,
+    /// The bytes inside a `CONNECT` tunnel are not a TLS ClientHello (or not a complete one
+    /// within the size and time limits).
+    NotTls,
 }
 
 impl DenyReason {
@@ -49,6 +62,10 @@ impl DenyReason {
             DenyReason::DnsFailure => "dns_failure",
             DenyReason::BadRequest => "bad_request",
             DenyReason::TooManyRedirects => "too_many_redirects",
+            DenyReason::PlaceholderMisplaced => "placeholder_misplaced",
+            DenyReason::PlaintextCredential => "plaintext_credential",
+            DenyReason::SniMismatch => "sni_mismatch",
+            DenyReason::NotTls => "not_tls",
         }
     }
 }

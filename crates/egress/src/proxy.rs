@@ -7,9 +7,9 @@ use crate::broker::{
     Broker, Exchanged, Failure, Outbound, Scheme, UpstreamCache, strip_hop_by_hop,
 };
 use crate::credentials::Injection;
-use crate::redact::Redactor;
 use crate::error::{DenyReason, UpstreamFailure};
 use crate::policy::{ConnectVerdict, check_connect};
+use crate::redact::Redactor;
 use crate::run::{RecordGuard, RunEgress, denied_record};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -299,7 +299,7 @@ impl Conn {
             let raw = req.uri().to_string();
             return self.deny("CONNECT", "https", &raw, 0, "", DenyReason::BadRequest);
         };
-        let bound = !Injection::for_host(self.ctx.credentials(), &host).is_empty();
+        let bound = !Injection::for_target(self.ctx.credentials(), "https", &host, port).is_empty();
         let tunnel_rule = match check_connect(self.ctx.rules(), &host, port) {
             ConnectVerdict::Deny(reason) => {
                 return self.deny("CONNECT", "https", &host, port, "", reason);

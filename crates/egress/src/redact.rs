@@ -140,7 +140,9 @@ mod tests {
     fn binding(secret: &str, host: &str) -> CredentialBinding {
         CredentialBinding {
             secret: secret.into(),
+            scheme: "https".into(),
             host: host.into(),
+            port: None,
             header: Some("Authorization: Bearer {secret}".into()),
             query: None,
             placeholder_env: Some("API_KEY".into()),

@@ -95,14 +95,22 @@ impl EgressRule {
     }
 }
 
-/// One `[[credentials]]` binding: the broker adds the secret to requests to `host`.
+/// One `[[credentials]]` binding: the broker adds the secret to requests to exactly this
+/// `scheme://host:port` (nothing else of that host gets it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialBinding {
     /// The secret's name in the vault.
     pub secret: String,
+    /// `https` (default) or `http`. The broker injects over plain `http` only to targets the
+    /// operator lists in `[egress] plaintext_credentials`; the manifest alone cannot ask for it.
+    #[serde(default = "default_scheme")]
+    pub scheme: String,
     /// Host pattern, as in [`EgressRule::host`].
     pub host: String,
+    /// Defaults to the scheme's port (443 or 80).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
     /// A header line template, e.g. `Authorization: Bearer {secret}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header: Option<String>,
@@ -113,6 +121,22 @@ pub struct CredentialBinding {
     /// the broker swaps for the real value only on the bound host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placeholder_env: Option<String>,
+}
+
+impl CredentialBinding {
+    /// The port this binding injects on.
+    pub fn effective_port(&self) -> u16 {
+        self.port
+            .unwrap_or(if self.scheme == "http" { 80 } else { 443 })
+    }
+
+    /// True when a request to `scheme://host:port` gets this binding's secret: scheme and port
+    /// equal, host matching the pattern.
+    pub fn applies_to(&self, scheme: &str, host: &str, port: u16) -> bool {
+        self.scheme.eq_ignore_ascii_case(scheme)
+            && self.effective_port() == port
+            && host_matches(&self.host, host)
+    }
 }
 
 /// Host patterns: a DNS name or `*.` followed by one.
@@ -394,8 +418,26 @@ impl AgentManifest {
         for (i, c) in self.credentials.iter().enumerate() {
             let field = |f: &str| format!("credentials[{i}].{f}");
             validate_secret_name(&c.secret).map_err(|m| ManifestError::new(field("secret"), m))?;
+            if c.scheme != "https" && c.scheme != "http" {
+                return Err(ManifestError::new(
+                    field("scheme"),
+                    format!("{:?} is not https or http", c.scheme),
+                ));
+            }
             validate_host_pattern(&c.host).map_err(|m| ManifestError::new(field("host"), m))?;
+            if c.port == Some(0) {
+                return Err(ManifestError::new(field("port"), "must be 1 to 65535"));
+            }
             match (&c.header, &c.query) {
+                (None, None) if c.placeholder_env.is_some() => {
+                    // The placeholder is only accepted in the field the binding names: without
+                    // one it could go nowhere.
+                    return Err(ManifestError::new(
+                        field("header"),
+                        "a binding with `placeholder_env` must name where the secret goes: set \
+                         `header` (e.g. \"Authorization: Bearer {secret}\") or `query`",
+                    ));
+                }
                 (None, None) | (Some(_), Some(_)) => {
                     return Err(ManifestError::new(
                         field("header"),
@@ -592,6 +634,42 @@ approval = "always"
         assert!(!host_matches("*.example.com", "evilexample.com"));
         assert!(host_matches("api.github.com", "API.github.com."));
         assert!(!host_matches("api.github.com", "api.github.com.evil.io"));
+    }
+
+    #[test]
+    fn a_credential_binding_names_scheme_host_and_port() {
+        let base = format!(
+            "{GOOD}\n[[credentials]]\nsecret = \"k\"\nhost = \"api.x.com\"\nquery = \"key\"\n"
+        );
+        let m = AgentManifest::from_toml(&base).unwrap();
+        let c = &m.credentials[0];
+        assert_eq!((c.scheme.as_str(), c.effective_port()), ("https", 443));
+        assert!(c.applies_to("https", "API.x.com", 443));
+        assert!(!c.applies_to("http", "api.x.com", 443));
+        assert!(!c.applies_to("https", "api.x.com", 8443));
+        assert!(!c.applies_to("https", "x.com", 443));
+        let http = AgentManifest::from_toml(&format!("{base}scheme = \"http\"\n")).unwrap();
+        assert_eq!(http.credentials[0].effective_port(), 80);
+        let port = AgentManifest::from_toml(&format!("{base}port = 8443\n")).unwrap();
+        assert!(port.credentials[0].applies_to("https", "api.x.com", 8443));
+        for (extra, field) in [
+            ("scheme = \"ftp\"\n", "credentials[0].scheme"),
+            ("port = 0\n", "credentials[0].port"),
+        ] {
+            let e = AgentManifest::from_toml(&format!("{base}{extra}")).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+        }
+    }
+
+    #[test]
+    fn a_placeholder_without_a_field_to_go_in_is_refused() {
+        let bad = format!(
+            "{GOOD}\n[[credentials]]\nsecret = \"k\"\nhost = \"api.x.com\"\n\
+             placeholder_env = \"API_KEY\"\n"
+        );
+        let e = AgentManifest::from_toml(&bad).unwrap_err();
+        assert_eq!(e.field, "credentials[0].header", "{e}");
+        assert!(e.message.contains("placeholder_env"), "{e}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 mod support;
 
 mod connect;
+mod inject;
 mod plain;
 mod private;
 mod request;

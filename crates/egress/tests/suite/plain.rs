@@ -247,7 +247,10 @@ async fn placeholder_is_not_swapped_on_an_unbound_host() {
     let up = Upstream::plain().await;
     let broker = broker(vec![up.addr.to_string()], vec![]);
     // The credential is bound to another host: this upstream must see the placeholder only.
-    let cred = ResolvedCredential::new(header_binding("api_token", "api.example.com"), SECRET);
+    let cred = ResolvedCredential::new(
+        header_binding("api_token", "https", "api.example.com", 443),
+        SECRET,
+    );
     let placeholder = cred.placeholder.clone().unwrap();
     let ctx = Arc::new(RunEgress::new(
         "run_ph",

@@ -144,10 +144,13 @@ async fn allowed_redirects_are_followed_and_limited() {
 #[tokio::test]
 async fn query_credential_is_injected_and_never_returned() {
     let up = Upstream::plain().await;
-    let broker = broker(vec![up.addr.to_string()], vec![]);
+    // A query credential over plain http: the operator has to allow exactly this target.
+    let broker = broker_plaintext(vec![up.addr.to_string()], vec![up.addr.to_string()]);
     let binding = CredentialBinding {
         secret: "weather_key".into(),
+        scheme: "http".into(),
         host: "127.0.0.1".into(),
+        port: Some(up.port()),
         header: None,
         query: Some("api_key".into()),
         placeholder_env: None,

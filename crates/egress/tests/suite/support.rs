@@ -209,10 +209,13 @@ pub fn rule(scheme: &str, host: &str, port: u16) -> EgressRule {
     }
 }
 
-pub fn header_binding(secret: &str, host: &str) -> CredentialBinding {
+/// An `Authorization: Bearer` binding with placeholder `API_KEY` for `scheme://host:port`.
+pub fn header_binding(secret: &str, scheme: &str, host: &str, port: u16) -> CredentialBinding {
     CredentialBinding {
         secret: secret.into(),
+        scheme: scheme.into(),
         host: host.into(),
+        port: Some(port),
         header: Some("Authorization: Bearer {secret}".into()),
         query: None,
         placeholder_env: Some("API_KEY".into()),
@@ -224,8 +227,23 @@ pub fn broker_with(
     extra_roots: Vec<String>,
     max_body: usize,
 ) -> Arc<Broker> {
+    broker_cfg(allow_private, extra_roots, max_body, Vec::new())
+}
+
+/// A broker that may also inject credentials over plain http to the `plaintext` targets.
+pub fn broker_plaintext(allow_private: Vec<String>, plaintext: Vec<String>) -> Arc<Broker> {
+    broker_cfg(allow_private, Vec::new(), 1024 * 1024, plaintext)
+}
+
+fn broker_cfg(
+    allow_private: Vec<String>,
+    extra_roots: Vec<String>,
+    max_body: usize,
+    plaintext: Vec<String>,
+) -> Arc<Broker> {
     let mut cfg = BrokerConfig::new(ca());
     cfg.allow_private = allow_private;
+    cfg.plaintext_credentials = plaintext;
     cfg.extra_roots_pem = extra_roots;
     cfg.connect_timeout = Duration::from_secs(5);
     cfg.request_timeout = Duration::from_secs(10);
