@@ -59,6 +59,8 @@ impl Egress {
             json!([{
                 "secret": SECRET_NAME,
                 "host": "localhost",
+                // Bindings name the exact target: this upstream's port, not 443.
+                "port": p,
                 "header": "Authorization: Bearer {secret}",
                 "placeholder_env": SECRET_NAME,
             }]),
@@ -133,7 +135,7 @@ async fn https_from_the_shell_gets_the_credential_without_seeing_it() {
     let turns = [
         shell(&format!("curl -sS --fail-with-body {base}/quiet/shell-{m}")),
         shell(&format!(
-            "curl -sS --fail-with-body -H \"X-Api-Key: ${SECRET_NAME}\" \
+            "curl -sS --fail-with-body -H \"Authorization: Bearer ${SECRET_NAME}\" \
              {base}/quiet/placeholder-{m}"
         )),
         shell("env"),
@@ -149,12 +151,13 @@ async fn https_from_the_shell_gets_the_credential_without_seeing_it() {
     );
     assert_injected(&a, 0, &format!("/quiet/shell-{m}"), 200);
 
-    // The placeholder in a header becomes the secret on the bound host.
+    // The placeholder in the header the binding names: the secret goes there (and nowhere
+    // else: `inject.rs` tries the other places).
     assert_ok(&a, 1, "curl with the placeholder");
     let seen = e.seen(&format!("placeholder-{m}"));
     assert_eq!(
-        seen.header("x-api-key"),
-        Some(e.secret.as_str()),
+        seen.header("authorization"),
+        Some(format!("Bearer {}", e.secret).as_str()),
         "{seen:?}"
     );
     assert_injected(&a, 1, &format!("/quiet/placeholder-{m}"), 200);

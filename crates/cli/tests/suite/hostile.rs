@@ -323,7 +323,7 @@ pub(super) fn assert_ok(a: &Attack, i: usize, what: &str) {
 
 /// Call `i` made exactly one proxied request, refused for `reason` before anything was sent.
 #[track_caller]
-fn assert_one_denial(a: &Attack, i: usize, what: &str, reason: &str) {
+pub(super) fn assert_one_denial(a: &Attack, i: usize, what: &str, reason: &str) {
     let reqs = a.egress(i);
     assert_eq!(reqs.len(), 1, "{what}: egress records: {reqs:#?}");
     let r = reqs[0];

@@ -8,6 +8,7 @@ mod billing;
 mod crash;
 mod egress;
 mod hostile;
+mod inject;
 mod local_run;
 mod members;
 mod provider_faults;
