@@ -26,6 +26,7 @@ mod proxy;
 mod redact;
 mod request;
 mod run;
+mod sni;
 
 pub use addr::is_refused_address;
 pub use bench::{BenchReport, bench_overhead};

@@ -11,6 +11,7 @@ use crate::error::{DenyReason, UpstreamFailure};
 use crate::policy::{ConnectVerdict, check_connect};
 use crate::redact::Redactor;
 use crate::run::{RecordGuard, RunEgress, denied_record};
+use crate::sni::{Hello, check_server_name, read_client_hello};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -19,16 +20,17 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use paddock_types::event::{EgressDecision, EgressRecord};
+use rustls::server::Acceptor;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::mpsc;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::sync::CancellationToken;
 
 /// Header carrying the machine-readable denial reason on 403 answers.
@@ -345,13 +347,43 @@ impl Conn {
                     }
                 };
                 let received = guard.received.clone();
+                let hello_timeout = self.broker.cfg.connect_timeout;
+                let run_id = self.ctx.run_id.clone();
                 self.spawn_tracked(async move {
-                    let _guard = guard;
+                    let mut guard = guard;
                     let Ok(upgraded) = on_upgrade.await else {
                         return;
                     };
-                    let mut client = Counted::new(TokioIo::new(upgraded), sent);
+                    // The tunnel is for TLS to `host`: the ClientHello must name it, or the
+                    // upstream (a CDN, a shared host) could serve any site it fronts.
+                    let mut client = TokioIo::new(upgraded);
+                    let (hello, buffered) =
+                        match tokio::time::timeout(hello_timeout, read_client_hello(&mut client))
+                            .await
+                        {
+                            Ok(read) => read,
+                            Err(_) => (Hello::NotTls, Vec::new()),
+                        };
+                    let verdict = match &hello {
+                        Hello::Tls(sni) => check_server_name(&host, sni.as_deref()),
+                        Hello::NotTls => Err(DenyReason::NotTls),
+                    };
+                    if let Err(reason) = verdict {
+                        let sni = match &hello {
+                            Hello::Tls(sni) => sni.as_deref(),
+                            Hello::NotTls => None,
+                        };
+                        tracing::info!(run_id = %run_id, host = %host, sni = sni, reason = %reason, "egress tunnel refused");
+                        guard.set_denied();
+                        guard.set_reason(reason.as_str().to_owned());
+                        return;
+                    }
+                    sent.fetch_add(buffered.len() as u64, Ordering::Relaxed);
                     let mut upstream = Counted::new(upstream, received);
+                    if upstream.write_all(&buffered).await.is_err() {
+                        return;
+                    }
+                    let mut client = Counted::new(client, sent);
                     let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
                 });
                 Response::new(empty())
@@ -376,7 +408,22 @@ impl Conn {
                     let Ok(upgraded) = on_upgrade.await else {
                         return;
                     };
-                    let accept = TlsAcceptor::from(tls).accept(TokioIo::new(upgraded));
+                    let lazy = LazyConfigAcceptor::new(Acceptor::default(), TokioIo::new(upgraded));
+                    let start = match tokio::time::timeout(handshake_timeout, lazy).await {
+                        Ok(Ok(start)) => start,
+                        Ok(Err(_)) | Err(_) => {
+                            inner.refuse(DenyReason::NotTls, None);
+                            return;
+                        }
+                    };
+                    // The broker forwards to the CONNECT host whatever the name, so a mismatch
+                    // reaches nothing else; it is refused so that both kinds of tunnel agree.
+                    let sni = start.client_hello().server_name().map(str::to_owned);
+                    if let Err(reason) = check_server_name(&inner.host, sni.as_deref()) {
+                        inner.refuse(reason, sni.as_deref());
+                        return;
+                    }
+                    let accept = start.into_stream(tls);
                     let stream = match tokio::time::timeout(handshake_timeout, accept).await {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
@@ -414,6 +461,19 @@ struct Inner {
 }
 
 impl Inner {
+    /// Records a refused intercepted tunnel (nothing was forwarded).
+    fn refuse(&self, reason: DenyReason, sni: Option<&str>) {
+        tracing::info!(run_id = %self.conn.ctx.run_id, host = %self.host, sni = sni, reason = %reason, "egress tunnel refused");
+        self.conn.ctx.recorder().push(denied_record(
+            "CONNECT",
+            "https",
+            &self.host,
+            self.port,
+            "",
+            reason.as_str(),
+        ));
+    }
+
     async fn handle(self: &Arc<Self>, req: Request<Incoming>) -> Response<ProxyBody> {
         let method = req.method().clone();
         if method == Method::CONNECT {

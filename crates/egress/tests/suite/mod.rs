@@ -5,3 +5,4 @@ mod inject;
 mod plain;
 mod private;
 mod request;
+mod sni;
