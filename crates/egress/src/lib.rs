@@ -2,7 +2,8 @@
 //!
 //! Owns the allow-list check (scheme, host, port, path prefix, method; deny wins), DNS
 //! resolution with the private-address policy and IP pinning, TLS interception for hosts that
-//! need it (credential binding, or path/method rules), credential injection, placeholder swapping,
+//! need it (credential binding, or path/method rules), the TLS server name check inside `CONNECT`,
+//! credential injection into the one field a binding names (placeholders are checked, never swapped),
 //! redaction of echoed secrets, and one [`EgressRecord`](paddock_types::event::EgressRecord) per
 //! request in the run's log.
 //!
