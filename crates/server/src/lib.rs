@@ -638,6 +638,7 @@ async fn get_agent(
 
 async fn put_agent(
     State(st): State<AppState>,
+    p: Principal,
     TenantScope(scope): TenantScope,
     Path(name): Path<String>,
     ApiJson(def): ApiJson<AgentDefinition>,
@@ -666,6 +667,7 @@ async fn put_agent(
             format!("manifest.{e}"),
         )
     })?;
+    may_bind_secrets(&p, &def)?;
     let record = st.engine.put_agent(&scope, def).await?;
     let mut response = (StatusCode::OK, Json(&record.definition)).into_response();
     response.extensions_mut().insert(audit::AuditNote {
@@ -673,4 +675,38 @@ async fn put_agent(
         detail: Some(serde_json::json!({ "version": record.definition.manifest.version })),
     });
     Ok(response)
+}
+
+/// A version whose `[[credentials]]` bind secrets needs `secrets:bind` on top of `agents:write`:
+/// the binding chooses the host that receives the secret's value, so whoever writes it can read
+/// any secret of the workspace. This is the one check for agents registered over the API; agent
+/// folders loaded by `paddock serve` at start come from the operator and are not checked.
+fn may_bind_secrets(p: &Principal, def: &AgentDefinition) -> Result<(), ApiError> {
+    let Some(first) = def.manifest.credentials.first() else {
+        return Ok(());
+    };
+    if p.may(Permission::SecretsBind) {
+        return Ok(());
+    }
+    let mut names: Vec<&str> = def
+        .manifest
+        .credentials
+        .iter()
+        .map(|c| c.secret.as_str())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        format!(
+            "a {} {} may not {}: this agent binds secret {:?} in [[credentials]] (all: {}); \
+             ask an admin or owner to register it, or remove the credentials",
+            p.role,
+            p.kind(),
+            Permission::SecretsBind,
+            first.secret,
+            names.join(", ")
+        ),
+    ))
 }
