@@ -73,6 +73,22 @@ pub struct RateLimitsSection {
     pub per_workspace_per_second: f64,
     #[serde(default = "default_workspace_burst")]
     pub per_workspace_burst: u32,
+    /// Concurrent event streams (SSE) and `?wait=` requests one key (or session) may hold open;
+    /// 0 for no cap.
+    #[serde(default = "default_key_streams")]
+    pub streams_per_key: u32,
+    /// The same for a whole workspace (all its keys together); 0 for no cap.
+    #[serde(default = "default_workspace_streams")]
+    pub streams_per_workspace: u32,
+}
+
+fn default_key_streams() -> u32 {
+    paddock_server::StreamCaps::default().per_key.unwrap_or(0)
+}
+fn default_workspace_streams() -> u32 {
+    paddock_server::StreamCaps::default()
+        .per_workspace
+        .unwrap_or(0)
 }
 
 fn default_key_rate() -> f64 {
@@ -95,11 +111,22 @@ impl Default for RateLimitsSection {
             per_key_burst: default_key_burst(),
             per_workspace_per_second: default_workspace_rate(),
             per_workspace_burst: default_workspace_burst(),
+            streams_per_key: default_key_streams(),
+            streams_per_workspace: default_workspace_streams(),
         }
     }
 }
 
 impl RateLimitsSection {
+    /// The caps on concurrent event streams and `?wait=` requests (0 turns one off).
+    pub fn stream_caps(&self) -> paddock_server::StreamCaps {
+        let cap = |n: u32| (n > 0).then_some(n);
+        paddock_server::StreamCaps {
+            per_key: cap(self.streams_per_key),
+            per_workspace: cap(self.streams_per_workspace),
+        }
+    }
+
     /// The server's limits; fails on a negative rate or a zero burst under a rate.
     pub fn limits(&self) -> Result<paddock_server::RateLimits> {
         let quota = |name: &str, per_second: f64, burst: u32| {

@@ -13,11 +13,13 @@ mod members;
 mod openapi;
 mod ratelimit;
 mod secrets;
+mod streams;
 
 pub use auth::{Actor, Principal};
 pub use error::ApiError;
 pub use members::{SessionSettings, Sessions, check_credentials, hash_password};
 pub use ratelimit::{Quota, RateLimiter, RateLimits};
+pub use streams::{StreamCaps, StreamSlots};
 
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::Method;
@@ -436,6 +438,14 @@ async fn create_run(
     ApiQuery(q): ApiQuery<WaitQuery>,
     ApiJson(req): ApiJson<CreateRun>,
 ) -> Result<Response, ApiError> {
+    // Taken before creating: a refused `?wait=` must not leave a run behind.
+    let _slot = match wait_duration(&q) {
+        Some(_) => match long_poll_slot(&st, &p) {
+            Ok(slot) => Some(slot),
+            Err(over) => return Ok(over.refusal()),
+        },
+        None => None,
+    };
     let scope = p.scope;
     let created_by = Some(p.actor.to_string());
     let mut run = st.engine.create_run_by(&scope, req, created_by).await?;
@@ -457,15 +467,30 @@ async fn create_run(
     Ok(response)
 }
 
+/// A slot for a `?wait=` request, or the 429 to answer: a long-poll holds a connection as long
+/// as an event stream does.
+fn long_poll_slot(st: &AppState, p: &Principal) -> Result<streams::StreamSlot, streams::Over> {
+    st.rate_limiter
+        .streams()
+        .acquire(p.actor_id(), p.scope.workspace.as_str())
+}
+
 async fn get_run(
     State(st): State<AppState>,
+    p: Principal,
     TenantScope(scope): TenantScope,
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<WaitQuery>,
 ) -> Result<Response, ApiError> {
     let id = parse_run_id(&id)?;
     let run = match wait_duration(&q) {
-        Some(wait) => st.engine.wait(&scope, &id, wait).await?,
+        Some(wait) => {
+            let _slot = match long_poll_slot(&st, &p) {
+                Ok(slot) => slot,
+                Err(over) => return Ok(over.refusal()),
+            };
+            st.engine.wait(&scope, &id, wait).await?
+        }
         None => st
             .engine
             .store()

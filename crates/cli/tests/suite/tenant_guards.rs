@@ -111,3 +111,84 @@ async fn a_developer_cannot_bind_an_owners_secret_to_a_host_they_control() {
     .await;
     put_agent(&owner, "bound-by-owner", egress, credentials).await;
 }
+
+/// Opens the run's event stream as SSE; the answer is returned as soon as its head arrives, and
+/// the stream stays open while it is held.
+async fn open_stream(api: &Api, run: &str) -> reqwest::Response {
+    api.http()
+        .get(api.url(&format!("/v1/runs/{run}/events")))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_key_cannot_hold_more_event_streams_than_its_cap() {
+    let server = Server::start(
+        ServerOptions::new(bin())
+            .config("[rate_limits]\nstreams_per_key = 2\nstreams_per_workspace = 3\n"),
+    )
+    .await;
+    let owner = server.api();
+    // A run parked on an approval: its stream stays open.
+    let def = json!({
+        "manifest": {
+            "name": "parked",
+            "version": "1.0.0",
+            "model": {"provider": "scripted", "name": "mock-model"},
+            "tools": { "write_file": {"approval": "always"} },
+        },
+        "prompt": paddock_test_support::MOCK_PROMPT,
+    });
+    let r = owner
+        .send(owner.http().put(owner.url("/v1/agents/parked")).json(&def))
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let turns =
+        json!([{"tool": "write_file", "args": {"path": "a", "content": "b"}}, {"final": "x"}]);
+    let run = owner
+        .create_run("parked", &paddock_test_support::mock_input(turns))
+        .await;
+    let run = run["id"].as_str().unwrap().to_owned();
+    owner.wait_status(&run, "waiting").await;
+
+    let viewer = key_of_role(&server, "viewer").await;
+    let first = open_stream(&viewer, &run).await;
+    assert_eq!(first.status(), 200);
+    let second = open_stream(&viewer, &run).await;
+    assert_eq!(second.status(), 200);
+    let over = open_stream(&viewer, &run).await;
+    assert_eq!(over.status(), 429);
+    let retry: u64 = over.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry >= 1);
+    let body: Value = over.json().await.unwrap();
+    assert_eq!(body["code"], "too_many_streams", "{body}");
+    // Another key of the workspace gets the workspace's last slot, then 429.
+    let other = key_of_role(&server, "viewer").await;
+    let third = open_stream(&other, &run).await;
+    assert_eq!(third.status(), 200);
+    assert_eq!(open_stream(&other, &run).await.status(), 429);
+
+    // The client goes away: its slot comes back once the server sees the connection closed
+    // (at the latest at the next keep-alive write). Polled, not timed.
+    drop(first);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let again = loop {
+        let r = open_stream(&viewer, &run).await;
+        if r.status() == 200 {
+            break r;
+        }
+        assert_eq!(r.status(), 429);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot of a closed stream never came back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    drop((again, second, third));
+}
