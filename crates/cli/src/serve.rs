@@ -223,7 +223,7 @@ pub async fn serve(file: Option<&Path>, o: &config::Overrides) -> Result<()> {
         sessions: Arc::new(paddock_server::Sessions::new(
             paddock_server::SessionSettings {
                 ttl: Duration::from_secs(cfg.auth.session_ttl_secs),
-                ..paddock_server::SessionSettings::default()
+                throttle: cfg.auth.throttle()?,
             },
         )),
     });

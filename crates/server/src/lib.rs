@@ -9,6 +9,7 @@ mod error;
 mod events;
 mod extract;
 mod idempotency;
+mod login_throttle;
 mod members;
 mod openapi;
 mod ratelimit;
@@ -17,6 +18,7 @@ mod streams;
 
 pub use auth::{Actor, Principal};
 pub use error::ApiError;
+pub use login_throttle::ThrottleSettings;
 pub use members::{SessionSettings, Sessions, check_credentials, hash_password};
 pub use ratelimit::{Quota, RateLimiter, RateLimits};
 pub use streams::{StreamCaps, StreamSlots};

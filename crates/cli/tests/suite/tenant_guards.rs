@@ -192,3 +192,69 @@ async fn one_key_cannot_hold_more_event_streams_than_its_cap() {
     };
     drop((again, second, third));
 }
+
+/// A client whose connections come from `ip` (any 127.0.0.0/8 address reaches the server on
+/// 127.0.0.1 through the loopback interface).
+fn client_from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .local_address(ip.parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attacker_cannot_lock_a_member_out_by_hammering_their_email() {
+    const EMAIL: &str = "owner@example.com";
+    const PASSWORD: &str = "the owner's long password";
+    let server = Server::start(
+        ServerOptions::new(bin())
+            .env("PADDOCK_ADMIN_EMAIL", EMAIL)
+            .env("PADDOCK_ADMIN_PASSWORD", PASSWORD),
+    )
+    .await;
+    let url = format!("{}/v1/sessions", server.url());
+    let attacker = client_from("127.0.0.2");
+    let mut last = None;
+    for i in 0..50 {
+        let r = attacker
+            .post(&url)
+            .json(&json!({"email": EMAIL, "password": format!("wrong guess {i:04}")}))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status() == 401 || r.status() == 429,
+            "attempt {i}: {}",
+            r.status()
+        );
+        last = Some(r);
+    }
+    let last = last.unwrap();
+    assert_eq!(
+        last.status(),
+        429,
+        "50 guesses from one address were not slowed down"
+    );
+    let retry: u64 = last.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry >= 1);
+    let body: Value = last.json().await.unwrap();
+    assert_eq!(body["code"], "too_many_attempts", "{body}");
+
+    // The member, from another address, logs in at once with the right password.
+    let member = client_from("127.0.0.1");
+    let r = member
+        .post(&url)
+        .json(&json!({"email": EMAIL, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(status, 201, "the member was locked out: {body}");
+    assert!(body["token"].as_str().unwrap().starts_with("pds_"));
+}

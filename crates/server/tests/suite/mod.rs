@@ -3,6 +3,7 @@ mod audit;
 mod auth;
 mod billing;
 mod idempotency;
+mod login_throttle;
 mod members;
 mod ratelimit;
 mod streams;
