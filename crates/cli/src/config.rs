@@ -9,6 +9,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 #[derive(Debug, Deserialize)]
 pub struct Config {
@@ -36,13 +37,83 @@ pub struct Config {
     pub auth: AuthSection,
 }
 
-/// `[auth]`: members' login sessions.
+/// `[auth]`: members' login sessions and the login throttle (`paddock_server::ThrottleSettings`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSection {
     /// How long a session from `POST /v1/sessions` (`paddock login`) works (default 12 h).
     #[serde(default = "default_session_ttl_secs")]
     pub session_ttl_secs: u64,
+    /// Failed logins for one email from one address before that address backs off (1, 2, 4 … s).
+    #[serde(default = "default_login_free_failures")]
+    pub login_free_failures: u32,
+    /// The longest backoff: the most a member waits after their own mistakes.
+    #[serde(default = "default_login_backoff_max_secs")]
+    pub login_backoff_max_secs: u64,
+    /// Failed logins for one email from all addresses after which no address gets free failures.
+    #[serde(default = "default_login_email_budget")]
+    pub login_email_budget: u32,
+    /// Login attempts one address may make per minute, sustained (0 turns the bucket off)…
+    #[serde(default = "default_login_per_source_per_minute")]
+    pub login_per_source_per_minute: f64,
+    /// …and back to back from idle.
+    #[serde(default = "default_login_per_source_burst")]
+    pub login_per_source_burst: u32,
+}
+
+fn default_login_free_failures() -> u32 {
+    paddock_server::ThrottleSettings::default().free_failures
+}
+fn default_login_backoff_max_secs() -> u64 {
+    paddock_server::ThrottleSettings::default()
+        .backoff_max
+        .as_secs()
+}
+fn default_login_email_budget() -> u32 {
+    paddock_server::ThrottleSettings::default().email_budget
+}
+fn default_login_per_source_per_minute() -> f64 {
+    paddock_server::ThrottleSettings::default()
+        .per_source
+        .map_or(0.0, |q| q.per_second * 60.0)
+}
+fn default_login_per_source_burst() -> u32 {
+    paddock_server::ThrottleSettings::default()
+        .per_source
+        .map_or(1, |q| q.burst)
+}
+
+impl AuthSection {
+    /// The login throttle; fails on a setting that would lock out or never throttle.
+    pub fn throttle(&self) -> Result<paddock_server::ThrottleSettings> {
+        if self.login_free_failures == 0 {
+            anyhow::bail!("invalid configuration: auth.login_free_failures must be at least 1");
+        }
+        if self.login_backoff_max_secs == 0 || self.login_backoff_max_secs > 3600 {
+            anyhow::bail!(
+                "invalid configuration: auth.login_backoff_max_secs must be 1 to 3600 (a longer wait is a lockout)"
+            );
+        }
+        let rate = self.login_per_source_per_minute;
+        if !rate.is_finite() || rate < 0.0 {
+            anyhow::bail!(
+                "invalid configuration: auth.login_per_source_per_minute must be 0 (off) or a positive number"
+            );
+        }
+        if rate > 0.0 && self.login_per_source_burst == 0 {
+            anyhow::bail!("invalid configuration: auth.login_per_source_burst must be at least 1");
+        }
+        Ok(paddock_server::ThrottleSettings {
+            free_failures: self.login_free_failures,
+            backoff_max: Duration::from_secs(self.login_backoff_max_secs),
+            email_budget: self.login_email_budget,
+            per_source: (rate > 0.0).then_some(paddock_server::Quota {
+                per_second: rate / 60.0,
+                burst: self.login_per_source_burst,
+            }),
+            ..paddock_server::ThrottleSettings::default()
+        })
+    }
 }
 
 fn default_session_ttl_secs() -> u64 {
@@ -53,6 +124,11 @@ impl Default for AuthSection {
     fn default() -> Self {
         Self {
             session_ttl_secs: default_session_ttl_secs(),
+            login_free_failures: default_login_free_failures(),
+            login_backoff_max_secs: default_login_backoff_max_secs(),
+            login_email_budget: default_login_email_budget(),
+            login_per_source_per_minute: default_login_per_source_per_minute(),
+            login_per_source_burst: default_login_per_source_burst(),
         }
     }
 }
@@ -73,6 +149,22 @@ pub struct RateLimitsSection {
     pub per_workspace_per_second: f64,
     #[serde(default = "default_workspace_burst")]
     pub per_workspace_burst: u32,
+    /// Concurrent event streams (SSE) and `?wait=` requests one key (or session) may hold open;
+    /// 0 for no cap.
+    #[serde(default = "default_key_streams")]
+    pub streams_per_key: u32,
+    /// The same for a whole workspace (all its keys together); 0 for no cap.
+    #[serde(default = "default_workspace_streams")]
+    pub streams_per_workspace: u32,
+}
+
+fn default_key_streams() -> u32 {
+    paddock_server::StreamCaps::default().per_key.unwrap_or(0)
+}
+fn default_workspace_streams() -> u32 {
+    paddock_server::StreamCaps::default()
+        .per_workspace
+        .unwrap_or(0)
 }
 
 fn default_key_rate() -> f64 {
@@ -95,11 +187,22 @@ impl Default for RateLimitsSection {
             per_key_burst: default_key_burst(),
             per_workspace_per_second: default_workspace_rate(),
             per_workspace_burst: default_workspace_burst(),
+            streams_per_key: default_key_streams(),
+            streams_per_workspace: default_workspace_streams(),
         }
     }
 }
 
 impl RateLimitsSection {
+    /// The caps on concurrent event streams and `?wait=` requests (0 turns one off).
+    pub fn stream_caps(&self) -> paddock_server::StreamCaps {
+        let cap = |n: u32| (n > 0).then_some(n);
+        paddock_server::StreamCaps {
+            per_key: cap(self.streams_per_key),
+            per_workspace: cap(self.streams_per_workspace),
+        }
+    }
+
     /// The server's limits; fails on a negative rate or a zero burst under a rate.
     pub fn limits(&self) -> Result<paddock_server::RateLimits> {
         let quota = |name: &str, per_second: f64, burst: u32| {
@@ -330,6 +433,7 @@ pub fn load(file: Option<&Path>, o: &Overrides) -> Result<Config> {
         anyhow::bail!("invalid configuration: engine.lease_secs must be at least 3");
     }
     cfg.rate_limits.limits()?;
+    cfg.auth.throttle()?;
     Ok(cfg)
 }
 
@@ -380,6 +484,34 @@ mod tests {
                 format!("{e:#}").contains("rate_limits") || format!("{e:#}").contains("per_minute"),
                 "{bad}: {e:#}"
             );
+        }
+    }
+
+    #[test]
+    fn stream_caps_and_the_login_throttle_have_defaults_and_checked_values() {
+        let cfg = load_toml("").unwrap();
+        let caps = cfg.rate_limits.stream_caps();
+        assert_eq!((caps.per_key, caps.per_workspace), (Some(32), Some(256)));
+        let t = cfg.auth.throttle().unwrap();
+        assert_eq!(t, paddock_server::ThrottleSettings::default());
+        let cfg = load_toml(
+            "[rate_limits]\nstreams_per_key = 0\nstreams_per_workspace = 4\n\
+             [auth]\nlogin_backoff_max_secs = 5\nlogin_per_source_per_minute = 0\n",
+        )
+        .unwrap();
+        let caps = cfg.rate_limits.stream_caps();
+        assert_eq!((caps.per_key, caps.per_workspace), (None, Some(4)));
+        let t = cfg.auth.throttle().unwrap();
+        assert_eq!(t.backoff_max, Duration::from_secs(5));
+        assert!(t.per_source.is_none());
+        for bad in [
+            "[auth]\nlogin_free_failures = 0\n",
+            "[auth]\nlogin_backoff_max_secs = 86400\n",
+            "[auth]\nlogin_per_source_per_minute = -1\n",
+            "[auth]\nlogin_per_source_burst = 0\n",
+        ] {
+            let e = format!("{:#}", load_toml(bad).unwrap_err());
+            assert!(e.contains("auth.login_"), "{bad}: {e}");
         }
     }
 

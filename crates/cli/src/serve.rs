@@ -217,11 +217,14 @@ pub async fn serve(file: Option<&Path>, o: &config::Overrides) -> Result<()> {
     let app = paddock_server::router(paddock_server::AppState {
         engine: Arc::clone(&engine),
         vault,
-        rate_limiter: Arc::new(paddock_server::RateLimiter::new(limits)),
+        rate_limiter: Arc::new(
+            paddock_server::RateLimiter::new(limits)
+                .with_stream_caps(cfg.rate_limits.stream_caps()),
+        ),
         sessions: Arc::new(paddock_server::Sessions::new(
             paddock_server::SessionSettings {
                 ttl: Duration::from_secs(cfg.auth.session_ttl_secs),
-                ..paddock_server::SessionSettings::default()
+                throttle: cfg.auth.throttle()?,
             },
         )),
     });

@@ -104,6 +104,16 @@ type AgentKey = (String, String, String, String);
 const MAX_FRESH: usize = 1_024;
 const MAX_FRESH_EVENT_BYTES: usize = 16 << 10;
 
+/// What [`Engine::watch`] returns; dropping it unregisters.
+pub struct RunWatch(waiters::Waiter);
+
+impl RunWatch {
+    /// Notified (`notify_waiters`) on each commit of the watched run.
+    pub fn notify(&self) -> &Notify {
+        &self.0.notify
+    }
+}
+
 pub struct Engine {
     store: DynStore,
     models: Arc<Models>,
@@ -337,9 +347,26 @@ impl Engine {
         Ok(run)
     }
 
+    /// A watch on every commit of run `id` (an event stream's wake-up): only commits of this run
+    /// notify it. Arm [`RunWatch::notify`]'s `notified()` before reading the journal, then await
+    /// it, so a commit in between is not missed.
+    pub fn watch(&self, id: &RunId) -> RunWatch {
+        RunWatch(
+            self.waiters
+                .register(&self.store, id, waiters::Kind::Commit),
+        )
+    }
+
+    /// How many waiters and watches commits have woken since start (each registration woken
+    /// counts once per notification): what `paddock bench` and tests read to see that a commit
+    /// wakes only its own run's streams.
+    pub fn run_wakeups(&self) -> u64 {
+        self.waiters.wakeups()
+    }
+
     /// Waits until the run is terminal or `timeout` passes; returns its latest projection.
     pub async fn wait(&self, scope: &Scope, id: &RunId, timeout: Duration) -> Result<Run> {
-        let waiter = self.waiters.register(&self.store, id);
+        let waiter = self.waiters.register(&self.store, id, waiters::Kind::End);
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             // Armed before reading, so an end committed in between is not missed.

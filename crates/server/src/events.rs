@@ -1,9 +1,15 @@
 //! `GET /v1/runs/{id}/events`: the run's journal as Server-Sent Events (event id = journal seq,
 //! `Last-Event-ID` resumes right after it) or, for `Accept: application/json` / `?after=`, as a
 //! JSON page.
+//!
+//! A stream holds a slot of its caller and workspace ([`crate::streams`]) for as long as it is
+//! open, and wakes only on commits of its own run ([`paddock_engine::Engine::watch`]), never on
+//! another run's.
 
+use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::extract::{ApiQuery, TenantScope};
+use crate::streams::StreamSlot;
 use crate::{AppState, parse_run_id};
 use axum::Json;
 use axum::extract::{Path, State};
@@ -15,7 +21,6 @@ use paddock_types::{RunId, Scope};
 use serde::Deserialize;
 use std::convert::Infallible;
 use std::time::Duration;
-use tokio::sync::broadcast::error::RecvError;
 
 const PAGE: u32 = 500;
 
@@ -28,6 +33,7 @@ pub(crate) struct EventsQuery {
 
 pub(crate) async fn run_events(
     State(st): State<AppState>,
+    p: Principal,
     TenantScope(scope): TenantScope,
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<EventsQuery>,
@@ -73,22 +79,38 @@ pub(crate) async fn run_events(
         ),
     };
     let after = last_event_id.or(q.after).unwrap_or(0);
-    let stream = sse_stream(store, scope, id, after);
+    let slot = match st
+        .rate_limiter
+        .streams()
+        .acquire(p.actor_id(), p.scope.workspace.as_str())
+    {
+        Ok(slot) => slot,
+        Err(over) => return Ok(over.refusal()),
+    };
+    let watch = st.engine.watch(&id);
+    let stream = sse_stream(store, watch, slot, scope, id, after);
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
 }
 
+/// The stream owns `slot` and `watch`: both are given back when the body is dropped, whether the
+/// run ended or the client went away.
 fn sse_stream(
     store: paddock_store::DynStore,
+    watch: paddock_engine::RunWatch,
+    slot: StreamSlot,
     scope: Scope,
     id: RunId,
     mut cursor: u64,
 ) -> impl futures::Stream<Item = Result<SseEvent, Infallible>> {
     async_stream::stream! {
-        // Subscribe before reading so no commit falls between the read and the wait.
-        let mut rx = store.subscribe();
+        let _slot = slot;
         loop {
+            // Armed before reading so no commit falls between the read and the wait.
+            let committed = watch.notify().notified();
+            tokio::pin!(committed);
+            committed.as_mut().enable();
             let batch = match store.events(&scope, &id, cursor, PAGE).await {
                 Ok(b) => b,
                 Err(e) => {
@@ -120,14 +142,7 @@ fn sse_stream(
                 Ok(Some(_)) => {}
                 _ => break,
             }
-            loop {
-                match rx.recv().await {
-                    Ok(c) if c.run_id == id && c.last_seq > cursor => break,
-                    Ok(_) => {}
-                    Err(RecvError::Lagged(_)) => break,
-                    Err(RecvError::Closed) => return,
-                }
-            }
+            committed.await;
         }
     }
 }

@@ -9,15 +9,19 @@ mod error;
 mod events;
 mod extract;
 mod idempotency;
+mod login_throttle;
 mod members;
 mod openapi;
 mod ratelimit;
 mod secrets;
+mod streams;
 
 pub use auth::{Actor, Principal};
 pub use error::ApiError;
+pub use login_throttle::ThrottleSettings;
 pub use members::{SessionSettings, Sessions, check_credentials, hash_password};
 pub use ratelimit::{Quota, RateLimiter, RateLimits};
+pub use streams::{StreamCaps, StreamSlots};
 
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::Method;
@@ -436,6 +440,14 @@ async fn create_run(
     ApiQuery(q): ApiQuery<WaitQuery>,
     ApiJson(req): ApiJson<CreateRun>,
 ) -> Result<Response, ApiError> {
+    // Taken before creating: a refused `?wait=` must not leave a run behind.
+    let _slot = match wait_duration(&q) {
+        Some(_) => match long_poll_slot(&st, &p) {
+            Ok(slot) => Some(slot),
+            Err(over) => return Ok(over.refusal()),
+        },
+        None => None,
+    };
     let scope = p.scope;
     let created_by = Some(p.actor.to_string());
     let mut run = st.engine.create_run_by(&scope, req, created_by).await?;
@@ -457,15 +469,30 @@ async fn create_run(
     Ok(response)
 }
 
+/// A slot for a `?wait=` request, or the 429 to answer: a long-poll holds a connection as long
+/// as an event stream does.
+fn long_poll_slot(st: &AppState, p: &Principal) -> Result<streams::StreamSlot, streams::Over> {
+    st.rate_limiter
+        .streams()
+        .acquire(p.actor_id(), p.scope.workspace.as_str())
+}
+
 async fn get_run(
     State(st): State<AppState>,
+    p: Principal,
     TenantScope(scope): TenantScope,
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<WaitQuery>,
 ) -> Result<Response, ApiError> {
     let id = parse_run_id(&id)?;
     let run = match wait_duration(&q) {
-        Some(wait) => st.engine.wait(&scope, &id, wait).await?,
+        Some(wait) => {
+            let _slot = match long_poll_slot(&st, &p) {
+                Ok(slot) => slot,
+                Err(over) => return Ok(over.refusal()),
+            };
+            st.engine.wait(&scope, &id, wait).await?
+        }
         None => st
             .engine
             .store()
@@ -638,6 +665,7 @@ async fn get_agent(
 
 async fn put_agent(
     State(st): State<AppState>,
+    p: Principal,
     TenantScope(scope): TenantScope,
     Path(name): Path<String>,
     ApiJson(def): ApiJson<AgentDefinition>,
@@ -666,6 +694,7 @@ async fn put_agent(
             format!("manifest.{e}"),
         )
     })?;
+    may_bind_secrets(&p, &def)?;
     let record = st.engine.put_agent(&scope, def).await?;
     let mut response = (StatusCode::OK, Json(&record.definition)).into_response();
     response.extensions_mut().insert(audit::AuditNote {
@@ -673,4 +702,38 @@ async fn put_agent(
         detail: Some(serde_json::json!({ "version": record.definition.manifest.version })),
     });
     Ok(response)
+}
+
+/// A version whose `[[credentials]]` bind secrets needs `secrets:bind` on top of `agents:write`:
+/// the binding chooses the host that receives the secret's value, so whoever writes it can read
+/// any secret of the workspace. This is the one check for agents registered over the API; agent
+/// folders loaded by `paddock serve` at start come from the operator and are not checked.
+fn may_bind_secrets(p: &Principal, def: &AgentDefinition) -> Result<(), ApiError> {
+    let Some(first) = def.manifest.credentials.first() else {
+        return Ok(());
+    };
+    if p.may(Permission::SecretsBind) {
+        return Ok(());
+    }
+    let mut names: Vec<&str> = def
+        .manifest
+        .credentials
+        .iter()
+        .map(|c| c.secret.as_str())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        format!(
+            "a {} {} may not {}: this agent binds secret {:?} in [[credentials]] (all: {}); \
+             ask an admin or owner to register it, or remove the credentials",
+            p.role,
+            p.kind(),
+            Permission::SecretsBind,
+            first.secret,
+            names.join(", ")
+        ),
+    ))
 }

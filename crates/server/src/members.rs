@@ -3,8 +3,9 @@
 //! - `POST /v1/sessions` (public): email + password → a session token `pds_…` shown once, kept
 //!   only as its SHA-256, valid for [`SessionSettings::ttl`]. A wrong password and an unknown
 //!   email get the same 401, and an unknown email is verified against a dummy argon2 hash so the
-//!   time taken does not tell them apart. Repeated failures for one email are throttled in
-//!   memory (429 with `Retry-After`), whether or not the email exists.
+//!   time taken does not tell them apart. Failures slow down the address that makes them, per
+//!   email, with exponential backoff, whether or not the email exists (429 with `Retry-After`;
+//!   [`crate::login_throttle`]): nobody can lock a member out.
 //! - `DELETE /v1/sessions/current` (public route, authenticated here): ends the caller's session.
 //! - [`authenticate_session`]: what [`crate::auth::authenticate`] does with `Bearer pds_…`.
 //! - `/v1/members`: list, add, remove. A role may never grant above its own. A principal reaches
@@ -19,6 +20,7 @@
 use crate::auth::{Actor, Principal, Refused};
 use crate::error::ApiError;
 use crate::extract::ApiJson;
+use crate::login_throttle::{LoginThrottle, ThrottleSettings, source_key};
 use crate::{AppState, audit};
 use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
@@ -35,9 +37,8 @@ use paddock_types::api::{
 use paddock_types::time::{Millis, now_ms};
 use paddock_types::{KeyId, MemberId, OrgId, Role, Scope, WorkspaceId};
 use serde_json::{Value, json};
-use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::OnceLock;
+use std::time::Duration;
 
 /// Session tokens start with this; API keys with `pdk_`.
 pub const SESSION_PREFIX: &str = "pds_";
@@ -57,89 +58,46 @@ const MAX_NAME: usize = 100;
 pub struct SessionSettings {
     /// How long a session works after login.
     pub ttl: Duration,
-    /// Failed logins for one email within `window` before further attempts are refused.
-    pub max_failures: u32,
-    /// The window failures are counted in; attempts are refused until it ends.
-    pub window: Duration,
+    /// How failed logins slow down their source ([`crate::login_throttle`]).
+    pub throttle: ThrottleSettings,
 }
 
 impl Default for SessionSettings {
+    /// 12 h sessions and the default throttle.
     fn default() -> Self {
         Self {
-            ttl: Duration::from_secs(12 * 3600),
-            max_failures: 5,
-            window: Duration::from_secs(15 * 60),
+            ttl: DEFAULT_SESSION_TTL,
+            throttle: ThrottleSettings::default(),
         }
     }
 }
 
 /// Session settings and the login throttle's memory (per process).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Sessions {
     settings: SessionSettings,
-    failures: Mutex<HashMap<String, Failures>>,
+    throttle: LoginThrottle,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Failures {
-    count: u32,
-    since: Instant,
+impl Default for Sessions {
+    fn default() -> Self {
+        Self::new(SessionSettings::default())
+    }
 }
 
-/// Emails tracked by the throttle before old entries are swept.
-const THROTTLE_SWEEP_AT: usize = 10_000;
+/// How long a session works when nobody says otherwise.
+pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 
 impl Sessions {
     pub fn new(settings: SessionSettings) -> Self {
         Self {
+            throttle: LoginThrottle::new(settings.throttle),
             settings,
-            failures: Mutex::new(HashMap::new()),
         }
     }
 
     pub fn settings(&self) -> &SessionSettings {
         &self.settings
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Failures>> {
-        self.failures.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Counts a login attempt for `email` before its password is checked, or answers
-    /// `Err(retry after)` while the email is throttled. Checking and counting in one step means
-    /// parallel guesses cannot all slip in before the first failure is counted; a success
-    /// clears the count ([`Sessions::succeeded`]).
-    fn attempt(&self, email: &str) -> Result<(), Duration> {
-        let mut map = self.lock();
-        if let Some(f) = map.get(email) {
-            let elapsed = f.since.elapsed();
-            if f.count >= self.settings.max_failures && elapsed < self.settings.window {
-                return Err(self.settings.window - elapsed);
-            }
-        }
-        Self::count(&mut map, email, self.settings.window);
-        Ok(())
-    }
-
-    fn count(map: &mut HashMap<String, Failures>, email: &str, window: Duration) {
-        if map.len() >= THROTTLE_SWEEP_AT {
-            map.retain(|_, f| f.since.elapsed() < window);
-        }
-        let f = map.entry(email.to_owned()).or_insert(Failures {
-            count: 0,
-            since: Instant::now(),
-        });
-        if f.since.elapsed() >= window {
-            *f = Failures {
-                count: 0,
-                since: Instant::now(),
-            };
-        }
-        f.count = f.count.saturating_add(1);
-    }
-
-    fn succeeded(&self, email: &str) {
-        self.lock().remove(email);
     }
 }
 
@@ -440,6 +398,11 @@ pub(crate) async fn create_session(State(st): State<AppState>, req: Request) -> 
 
 async fn login(st: &AppState, req: Request) -> Result<Response, ApiError> {
     let origin = audit::Origin::of(&req);
+    let source = source_key(
+        req.extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip()),
+    );
     let ApiJson(body) = ApiJson::<CreateSession>::from_request(req, st).await?;
     if body.email.len() > MAX_EMAIL_BYTES || body.password.len() > MAX_PASSWORD_BYTES {
         return Err(unprocessable(format!(
@@ -448,19 +411,26 @@ async fn login(st: &AppState, req: Request) -> Result<Response, ApiError> {
     }
     let email = norm_email(&body.email);
     let sessions = &st.sessions;
-    if let Err(wait) = sessions.attempt(&email) {
-        tracing::warn!("login throttled after repeated failures");
-        let mut r = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_attempts",
-            "too many failed logins for this email; wait and retry",
-        )
-        .into_response();
-        if let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
-            r.headers_mut().insert(header::RETRY_AFTER, v);
+    let attempt = match sessions.throttle.attempt(&email, &source) {
+        Ok(a) => a,
+        Err(wait) => {
+            // Rounded up: a client that honours Retry-After is not refused again.
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            tracing::info!(source = %source, retry_after_secs = secs, "login throttled");
+            let mut r = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_attempts",
+                format!(
+                    "too many failed logins from this address; retry after {secs} s (other \
+                     addresses are not affected)"
+                ),
+            )
+            .into_response();
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            return Ok(r);
         }
-        return Ok(r);
-    }
+    };
     let store = st.engine.store();
     let mut candidates = store.members_by_email(&email).await?;
     if let Some(org) = &body.org {
@@ -508,7 +478,7 @@ async fn login(st: &AppState, req: Request) -> Result<Response, ApiError> {
             "this email is a member of several orgs; pass `org` to choose one",
         ));
     }
-    sessions.succeeded(&email);
+    sessions.throttle.succeeded(attempt);
     let workspaces = store.list_workspaces(&org_scope(&org)).await?;
     let workspace = match (&body.workspace, &member.workspace) {
         (Some(asked), Some(own)) if asked != own => None,
@@ -969,22 +939,5 @@ mod tests {
         assert!(t.starts_with(SESSION_PREFIX) && is_token(&t), "{t}");
         assert!(!is_token("pds_short"));
         assert!(!is_token(&t.replace(SESSION_PREFIX, "pdk_")));
-    }
-
-    #[test]
-    fn the_throttle_counts_per_email_and_resets_on_success() {
-        let s = Sessions::new(SessionSettings {
-            max_failures: 2,
-            ..SessionSettings::default()
-        });
-        assert!(s.attempt("a").is_ok());
-        assert!(s.attempt("a").is_ok());
-        assert!(
-            s.attempt("a").is_err(),
-            "a third attempt before any success"
-        );
-        assert!(s.attempt("b").is_ok());
-        s.succeeded("a");
-        assert!(s.attempt("a").is_ok());
     }
 }

@@ -111,7 +111,7 @@ fn paths_and_schemas() -> Value {
     let wait = param(
         "wait",
         "query",
-        "block up to this many seconds (max 60) until the run is terminal",
+        "block up to this many seconds (max 60) until the run is terminal; a waiting request holds one of the caller's and the workspace's stream slots (429 `too_many_streams` when none is free)",
         json!({"type": "integer", "minimum": 0}),
     );
     json!({
@@ -153,7 +153,7 @@ fn paths_and_schemas() -> Value {
             "/v1/runs/{id}/cancel": {"post": {"summary": "Cancel a run in any non-terminal state", "parameters": [run_id],
                 "requestBody": {"required": false, "content": {"application/json": {"schema": {"type": "object", "properties": {"reason": {"type": "string"}}}}}},
                 "responses": with_errors(json_ok("200", "the cancelled run", r("Run")), &[404, 409])}},
-            "/v1/runs/{id}/events": {"get": {"summary": "The run's journal: SSE (event id = seq; send Last-Event-ID to resume) or a JSON page with Accept: application/json or ?after=",
+            "/v1/runs/{id}/events": {"get": {"summary": "The run's journal: SSE (event id = seq; send Last-Event-ID to resume) or a JSON page with Accept: application/json or ?after=. An open SSE stream holds one of the caller's and the workspace's stream slots (429 `too_many_streams` with Retry-After when none is free)",
                 "parameters": [run_id,
                     param("after", "query", "only events with a larger seq", json!({"type": "integer"})),
                     param("limit", "query", "JSON page size (1-1000, default 500)", json!({"type": "integer"})),

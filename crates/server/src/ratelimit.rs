@@ -21,6 +21,7 @@
 //! authenticated callers get a bucket at all.
 
 use crate::error::ApiError;
+use crate::streams::{StreamCaps, StreamSlots};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use std::collections::HashMap;
@@ -173,6 +174,8 @@ pub struct RateLimiter {
     policy: Option<HeaderValue>,
     epoch: Instant,
     tables: Mutex<Tables>,
+    /// Concurrent event streams and `?wait=` requests ([`crate::streams`]).
+    streams: StreamSlots,
 }
 
 impl std::fmt::Debug for RateLimiter {
@@ -207,7 +210,20 @@ impl RateLimiter {
             policy: policy_header(key, workspace),
             epoch: Instant::now(),
             tables: Mutex::new(Tables::default()),
+            streams: StreamSlots::default(),
         }
+    }
+
+    /// The same limiter with these caps on concurrent event streams and `?wait=` requests
+    /// (default: [`StreamCaps::default`]).
+    pub fn with_stream_caps(mut self, caps: StreamCaps) -> Self {
+        self.streams = StreamSlots::new(caps);
+        self
+    }
+
+    /// The slots of long-lived requests.
+    pub fn streams(&self) -> &StreamSlots {
+        &self.streams
     }
 
     /// Whether any limit is on.

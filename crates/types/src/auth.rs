@@ -17,7 +17,8 @@ pub enum Role {
     Operator,
     /// An operator who also registers agents and writes secrets.
     Developer,
-    /// A developer who also manages API keys and workspaces and reads the audit trail.
+    /// A developer who also binds secrets to hosts in agents, manages API keys and workspaces
+    /// and reads the audit trail.
     Admin,
     /// Everything, including keys in other workspaces of the org.
     Owner,
@@ -84,6 +85,10 @@ pub enum Permission {
     SecretsRead,
     #[serde(rename = "secrets:write")]
     SecretsWrite,
+    /// Registering an agent whose `[[credentials]]` bind secrets: choosing where a secret's
+    /// value is sent is reading it, so it is held apart from `secrets:write` and `agents:write`.
+    #[serde(rename = "secrets:bind")]
+    SecretsBind,
     #[serde(rename = "keys:read")]
     KeysRead,
     #[serde(rename = "keys:write")]
@@ -125,7 +130,7 @@ pub enum Permission {
 }
 
 impl Permission {
-    pub const ALL: [Permission; 23] = [
+    pub const ALL: [Permission; 24] = [
         Permission::RunsCreate,
         Permission::RunsRead,
         Permission::RunsCancel,
@@ -135,6 +140,7 @@ impl Permission {
         Permission::AgentsWrite,
         Permission::SecretsRead,
         Permission::SecretsWrite,
+        Permission::SecretsBind,
         Permission::KeysRead,
         Permission::KeysWrite,
         Permission::WorkspacesRead,
@@ -162,6 +168,7 @@ impl Permission {
             Permission::AgentsWrite => "agents:write",
             Permission::SecretsRead => "secrets:read",
             Permission::SecretsWrite => "secrets:write",
+            Permission::SecretsBind => "secrets:bind",
             Permission::KeysRead => "keys:read",
             Permission::KeysWrite => "keys:write",
             Permission::WorkspacesRead => "workspaces:read",
@@ -220,7 +227,11 @@ impl Permission {
             | Permission::AuditRead
             | Permission::MembersRead
             | Permission::MembersWrite
-            | Permission::BudgetsWrite => Role::Admin,
+            | Permission::BudgetsWrite
+            // A developer writes secrets and registers agents, but binding a secret to a host
+            // sends its value there: a developer could bind an owner's secret to a host they
+            // control and read it. Only admins and owners pick where secrets go.
+            | Permission::SecretsBind => Role::Admin,
             Permission::VaultRotate | Permission::OrgsWrite => Role::Owner,
         }
     }
@@ -267,5 +278,20 @@ mod tests {
                 || p.as_str().starts_with("members:");
             assert_eq!(allowed(Role::Viewer, p), read && !admin_only, "{p}");
         }
+    }
+
+    #[test]
+    fn only_admins_and_owners_may_bind_secrets_to_hosts() {
+        // A developer may write a secret's value and register agents, but not choose where an
+        // existing secret is sent (issue 19, item 4).
+        for role in Role::ALL {
+            assert_eq!(
+                allowed(role, Permission::SecretsBind),
+                role >= Role::Admin,
+                "{role}"
+            );
+        }
+        assert!(allowed(Role::Developer, Permission::AgentsWrite));
+        assert!(allowed(Role::Developer, Permission::SecretsWrite));
     }
 }

@@ -14,6 +14,7 @@ mod members;
 mod provider_faults;
 mod run_stream;
 mod sandbox_helper;
+mod tenant_guards;
 mod vault;
 mod workspace_cap;
 

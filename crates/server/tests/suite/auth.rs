@@ -237,8 +237,98 @@ async fn every_role_is_allowed_exactly_what_the_table_says_on_every_route() {
             }
         }
     }
+    // `secrets:bind` is checked by `PUT /v1/agents/{name}` on top of its route permission, only
+    // for a version that binds secrets: the next test walks it.
+    covered.insert(Permission::SecretsBind);
     let all: BTreeSet<Permission> = Permission::ALL.into_iter().collect();
     assert_eq!(covered, all, "a permission no route uses");
+}
+
+#[tokio::test]
+async fn registering_an_agent_that_binds_a_secret_needs_secrets_bind() {
+    let app = TestApp::new().await;
+    let s = Scope::default_workspace();
+    let r = call(
+        &app,
+        &Method::PUT,
+        "/v1/secrets/OWNER_TOKEN",
+        Some(&app.key),
+        Some(json!({"value": "owner-only-value-0123456789"})),
+    )
+    .await;
+    assert!(r.status.is_success(), "{:?}", r.body);
+    let manifest = |version: &str, bound: bool| {
+        let mut m = paddock_types::AgentManifest::from_toml(AGENT).unwrap();
+        m.name = "binder".into();
+        m.version = version.parse().unwrap();
+        if bound {
+            m.egress = vec![serde_json::from_value(json!({"host": "127.0.0.1"})).unwrap()];
+            m.credentials = vec![
+                serde_json::from_value(json!({
+                    "secret": "OWNER_TOKEN",
+                    "host": "127.0.0.1",
+                    "header": "Authorization: Bearer {secret}",
+                }))
+                .unwrap(),
+            ];
+        }
+        json!({"manifest": m, "prompt": PROMPT})
+    };
+    for (i, role) in Role::ALL.into_iter().enumerate() {
+        let key = make_key(&app.store, &s, role, None).await;
+        let version = format!("1.0.{i}");
+        let r = call(
+            &app,
+            &Method::PUT,
+            "/v1/agents/binder",
+            Some(&key),
+            Some(manifest(&version, true)),
+        )
+        .await;
+        if allowed(role, Permission::SecretsBind) {
+            assert_eq!(r.status, StatusCode::OK, "{role}: {:?}", r.body);
+            continue;
+        }
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{role}: {:?}", r.body);
+        assert_eq!(r.body["code"], "forbidden", "{role}");
+        if allowed(role, Permission::AgentsWrite) {
+            // The refusal is about the binding: the same agent without it is accepted.
+            let detail = r.body["detail"].as_str().unwrap();
+            assert!(
+                detail.contains("secrets:bind") && detail.contains("OWNER_TOKEN"),
+                "{detail}"
+            );
+            let r = call(
+                &app,
+                &Method::PUT,
+                "/v1/agents/binder",
+                Some(&key),
+                Some(manifest(&format!("1.1.{i}"), false)),
+            )
+            .await;
+            assert_eq!(r.status, StatusCode::OK, "{role}: {:?}", r.body);
+        }
+    }
+    // A key scoped to `agents:write` within an owner's role does not bind either.
+    let r = call(
+        &app,
+        &Method::POST,
+        "/v1/keys",
+        Some(&app.key),
+        Some(json!({"name": "ci", "role": "owner", "scopes": ["agents:write"]})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let scoped = r.body["secret"].as_str().unwrap().to_owned();
+    let r = call(
+        &app,
+        &Method::PUT,
+        "/v1/agents/binder",
+        Some(&scoped),
+        Some(manifest("2.0.0", true)),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{:?}", r.body);
 }
 
 #[tokio::test]

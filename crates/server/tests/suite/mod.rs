@@ -3,8 +3,10 @@ mod audit;
 mod auth;
 mod billing;
 mod idempotency;
+mod login_throttle;
 mod members;
 mod ratelimit;
+mod streams;
 
 use axum::Router;
 use axum::body::Body;
@@ -138,7 +140,16 @@ impl TestApp {
         let app = router(AppState {
             engine: Arc::clone(&engine),
             vault: Arc::clone(&vault),
-            rate_limiter: Arc::new(paddock_server::RateLimiter::new(Default::default())),
+            // 64 open `?wait=` requests per key: `billing` races 50 waiting run creations on the
+            // owner key (the default cap, 32, is tested in `streams`).
+            rate_limiter: Arc::new(
+                paddock_server::RateLimiter::new(Default::default()).with_stream_caps(
+                    paddock_server::StreamCaps {
+                        per_key: Some(64),
+                        ..Default::default()
+                    },
+                ),
+            ),
             sessions: Arc::new(paddock_server::Sessions::default()),
         });
         Self {
