@@ -435,6 +435,49 @@ mod tests {
     }
 
     #[test]
+    fn disk_limits_have_sane_defaults_and_a_per_run_quota_above_the_total_is_refused() {
+        let cfg = load_toml("").unwrap();
+        assert_eq!(cfg.sandbox.workspace_mb, 1024);
+        assert_eq!(cfg.sandbox.tenant_workspace_mb, 10 * 1024);
+        assert_eq!(cfg.sandbox.disk_reserve_mb, 512);
+        assert!(!cfg.allow_shared_data_dir);
+        let cfg = load_toml(
+            "allow_shared_data_dir = true
+[sandbox]
+workspace_mb = 0
+disk_reserve_mb = 0
+",
+        )
+        .unwrap();
+        assert!(cfg.allow_shared_data_dir);
+        assert_eq!(cfg.sandbox.workspace_mb, 0);
+        let e = format!(
+            "{:#}",
+            load_toml(
+                "[sandbox]
+workspace_mb = 64
+tenant_workspace_mb = 32
+"
+            )
+            .unwrap_err()
+        );
+        assert!(
+            e.contains("sandbox.workspace_mb (64) is larger than sandbox.tenant_workspace_mb (32)"),
+            "{e}"
+        );
+        let e = format!(
+            "{:#}",
+            load_toml(
+                "[sandbox]
+disk_reserve_mb = 99999999999
+"
+            )
+            .unwrap_err()
+        );
+        assert!(e.contains("sandbox.disk_reserve_mb must be at most"), "{e}");
+    }
+
+    #[test]
     fn a_sandbox_memory_cap_too_small_for_the_helper_is_refused() {
         assert_eq!(load_toml("").unwrap().sandbox.memory_mb, 512);
         assert!(load_toml("[sandbox]\nmemory_mb = 64\n").is_ok());
