@@ -20,6 +20,10 @@ pub struct Config {
     pub effective: serde_json::Value,
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// Start even if `data_dir` is readable or writable by group or others (off: such a folder
+    /// is refused, since it holds every tenant's journal and the master key).
+    #[serde(default)]
+    pub allow_shared_data_dir: bool,
     /// Every agent folder under this directory is registered at start.
     #[serde(default)]
     pub agents_dir: Option<PathBuf>,
@@ -259,6 +263,19 @@ pub struct SandboxSection {
     /// Largest file a tool may write.
     #[serde(default = "default_file_mb")]
     pub file_mb: u64,
+    /// Disk one run's workspace may use (bytes in blocks, each file or folder counting at least
+    /// 4 KiB), enforced around and during every tool call (0 = no quota).
+    #[serde(default = "default_workspace_mb")]
+    pub workspace_mb: u64,
+    /// Disk the workspaces of all running runs of one tenant workspace may use together
+    /// (0 = no total).
+    #[serde(default = "default_tenant_workspace_mb")]
+    pub tenant_workspace_mb: u64,
+    /// Free space kept on the data folder's file system (workspaces and database share it) so
+    /// the database can always commit: below it, tool calls are refused and a running one is
+    /// stopped (0 = no reserve).
+    #[serde(default = "default_disk_reserve_mb")]
+    pub disk_reserve_mb: u64,
     /// Keep a run's workspace when it ends (under `<data_dir>/workspaces`) instead of deleting it.
     #[serde(default)]
     pub keep_workspaces: bool,
@@ -288,6 +305,15 @@ fn default_tmp_mb() -> u64 {
 fn default_file_mb() -> u64 {
     256
 }
+fn default_workspace_mb() -> u64 {
+    1024
+}
+fn default_tenant_workspace_mb() -> u64 {
+    10 * 1024
+}
+fn default_disk_reserve_mb() -> u64 {
+    512
+}
 
 impl Default for SandboxSection {
     fn default() -> Self {
@@ -300,6 +326,9 @@ impl Default for SandboxSection {
             output_kb: default_output_kb(),
             tmp_mb: default_tmp_mb(),
             file_mb: default_file_mb(),
+            workspace_mb: default_workspace_mb(),
+            tenant_workspace_mb: default_tenant_workspace_mb(),
+            disk_reserve_mb: default_disk_reserve_mb(),
             keep_workspaces: false,
         }
     }
@@ -361,6 +390,8 @@ pub struct Overrides {
     pub listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
     pub agents_dir: Option<PathBuf>,
+    /// `--allow-shared-data-dir` (only turns the setting on).
+    pub allow_shared_data_dir: bool,
 }
 
 pub fn load(file: Option<&Path>, o: &Overrides) -> Result<Config> {
@@ -386,7 +417,7 @@ pub fn load(file: Option<&Path>, o: &Overrides) -> Result<Config> {
             .filter(|k| {
                 // Other PADDOCK_* variables (PADDOCK_LOG, secrets' env vars) are not config.
                 let k = k.as_str().to_ascii_lowercase();
-                ["listen", "data_dir", "agents_dir"].contains(&k.as_str())
+                ["listen", "data_dir", "agents_dir", "allow_shared_data_dir"].contains(&k.as_str())
                     || k.starts_with("engine__")
                     || k.starts_with("sandbox__")
                     || k.starts_with("egress__")
@@ -404,6 +435,9 @@ pub fn load(file: Option<&Path>, o: &Overrides) -> Result<Config> {
     }
     if let Some(a) = &o.agents_dir {
         fig = fig.merge(Serialized::default("agents_dir", a));
+    }
+    if o.allow_shared_data_dir {
+        fig = fig.merge(Serialized::default("allow_shared_data_dir", true));
     }
     let mut cfg: Config = fig.extract().context("invalid configuration")?;
     cfg.effective = fig.extract().context("invalid configuration")?;
@@ -428,6 +462,28 @@ pub fn load(file: Option<&Path>, o: &Overrides) -> Result<Config> {
             "invalid configuration: sandbox.memory_mb must be between 64 and 16777216, not {}",
             cfg.sandbox.memory_mb
         );
+    }
+    if cfg.sandbox.workspace_mb > 0
+        && cfg.sandbox.workspace_mb > cfg.sandbox.tenant_workspace_mb
+        && cfg.sandbox.tenant_workspace_mb > 0
+    {
+        anyhow::bail!(
+            "invalid configuration: sandbox.workspace_mb ({}) is larger than sandbox.tenant_workspace_mb ({}); raise the total or lower the per-run quota",
+            cfg.sandbox.workspace_mb,
+            cfg.sandbox.tenant_workspace_mb
+        );
+    }
+    for (key, mb) in [
+        ("sandbox.workspace_mb", cfg.sandbox.workspace_mb),
+        (
+            "sandbox.tenant_workspace_mb",
+            cfg.sandbox.tenant_workspace_mb,
+        ),
+        ("sandbox.disk_reserve_mb", cfg.sandbox.disk_reserve_mb),
+    ] {
+        if mb > 1 << 30 {
+            anyhow::bail!("invalid configuration: {key} must be at most 1073741824 (MB), not {mb}");
+        }
     }
     if cfg.engine.lease_secs < 3 {
         anyhow::bail!("invalid configuration: engine.lease_secs must be at least 3");
@@ -513,6 +569,49 @@ mod tests {
             let e = format!("{:#}", load_toml(bad).unwrap_err());
             assert!(e.contains("auth.login_"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn disk_limits_have_sane_defaults_and_a_per_run_quota_above_the_total_is_refused() {
+        let cfg = load_toml("").unwrap();
+        assert_eq!(cfg.sandbox.workspace_mb, 1024);
+        assert_eq!(cfg.sandbox.tenant_workspace_mb, 10 * 1024);
+        assert_eq!(cfg.sandbox.disk_reserve_mb, 512);
+        assert!(!cfg.allow_shared_data_dir);
+        let cfg = load_toml(
+            "allow_shared_data_dir = true
+[sandbox]
+workspace_mb = 0
+disk_reserve_mb = 0
+",
+        )
+        .unwrap();
+        assert!(cfg.allow_shared_data_dir);
+        assert_eq!(cfg.sandbox.workspace_mb, 0);
+        let e = format!(
+            "{:#}",
+            load_toml(
+                "[sandbox]
+workspace_mb = 64
+tenant_workspace_mb = 32
+"
+            )
+            .unwrap_err()
+        );
+        assert!(
+            e.contains("sandbox.workspace_mb (64) is larger than sandbox.tenant_workspace_mb (32)"),
+            "{e}"
+        );
+        let e = format!(
+            "{:#}",
+            load_toml(
+                "[sandbox]
+disk_reserve_mb = 99999999999
+"
+            )
+            .unwrap_err()
+        );
+        assert!(e.contains("sandbox.disk_reserve_mb must be at most"), "{e}");
     }
 
     #[test]

@@ -81,6 +81,10 @@ enum Command {
         /// Register every agent folder under this directory at start
         #[arg(long)]
         agents: Option<PathBuf>,
+        /// Start even if the data folder is readable or writable by group or others (it holds
+        /// every tenant's journal and the master key)
+        #[arg(long)]
+        allow_shared_data_dir: bool,
     },
     /// Run an agent folder once, locally, and print the result
     Run {
@@ -267,12 +271,14 @@ async fn dispatch(cli: Cli) -> Result<std::process::ExitCode> {
             listen,
             data_dir,
             agents,
+            allow_shared_data_dir,
         } => {
             init_tracing("info");
             let o = config::Overrides {
                 listen,
                 data_dir,
                 agents_dir: agents,
+                allow_shared_data_dir,
             };
             serve::serve(config.as_deref(), &o).await?;
             Ok(ExitCode::SUCCESS)

@@ -4,7 +4,7 @@ use crate::config::{self, Config};
 use crate::config::{EgressSection, SandboxSection};
 use anyhow::{Context, Result};
 use paddock_egress::{Broker, BrokerConfig, CaPem, generate_ca};
-use paddock_engine::SandboxTools;
+use paddock_engine::{DiskQuota, SandboxTools};
 use paddock_engine::{Engine, EngineConfig};
 use paddock_harness::ToolExecutor;
 use paddock_harness::WorkspaceTools;
@@ -70,19 +70,34 @@ pub async fn open_runtime(
     );
     let models = Models::new(providers).context("invalid [providers] configuration")?;
     let workspaces = data_dir.join("workspaces");
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&workspaces)
+            .with_context(|| format!("cannot create {}", workspaces.display()))?;
+    }
     let tools: Arc<dyn ToolExecutor> = match tools {
         Tools::InProcess => Arc::new(WorkspaceTools::new(workspaces)),
         Tools::Sandboxed(sandbox, egress) => {
             let driver = sandbox_driver(sandbox)?;
             let broker = egress_broker(&vault, egress).await?;
-            Arc::new(SandboxTools::new(
-                driver,
-                broker,
-                Arc::clone(&vault),
-                workspaces,
-                sandbox_limits(sandbox),
-                sandbox.keep_workspaces,
-            ))
+            Arc::new(
+                SandboxTools::new(
+                    driver,
+                    broker,
+                    Arc::clone(&vault),
+                    workspaces,
+                    sandbox_limits(sandbox),
+                    sandbox.keep_workspaces,
+                )
+                .with_disk_quota(DiskQuota {
+                    workspace_bytes: sandbox.workspace_mb << 20,
+                    tenant_bytes: sandbox.tenant_workspace_mb << 20,
+                    reserve_bytes: sandbox.disk_reserve_mb << 20,
+                }),
+            )
         }
     };
     let engine = Engine::new(store, Arc::new(models), tools, engine);
@@ -185,8 +200,32 @@ pub async fn register_agents(engine: &Engine, agents_dir: Option<&Path>) -> Resu
     Ok(names)
 }
 
+/// Refuses a data folder that group or others may read or write (it holds every tenant's
+/// journal, the workspaces and the master key), unless the operator said it is deliberate.
+fn check_data_dir_private(dir: &Path, allow_shared: bool) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = match std::fs::metadata(dir) {
+        Ok(meta) => meta.permissions().mode() & 0o777,
+        // Created 0700 when the store opens it.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", dir.display())),
+    };
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    if allow_shared {
+        tracing::warn!(data_dir = %dir.display(), mode = format!("{mode:o}"), "the data folder is readable or writable by other users (allowed by allow_shared_data_dir)");
+        return Ok(());
+    }
+    anyhow::bail!(
+        "the data folder {dir} is readable or writable by other users (mode {mode:o}), and it holds every tenant's journal and the master key; run `chmod 700 {dir}` (or start with --allow-shared-data-dir if this is deliberate)",
+        dir = dir.display()
+    )
+}
+
 pub async fn serve(file: Option<&Path>, o: &config::Overrides) -> Result<()> {
     let cfg: Config = config::load(file, o)?;
+    check_data_dir_private(&cfg.data_dir, cfg.allow_shared_data_dir)?;
     let Runtime { engine, vault } = open_runtime(
         &cfg.data_dir,
         &cfg.providers,

@@ -15,7 +15,7 @@ mod drive;
 pub mod sandboxed;
 mod waiters;
 
-pub use sandboxed::SandboxTools;
+pub use sandboxed::{DiskQuota, SandboxTools};
 
 use paddock_harness::{Agent, AgentError, ToolExecutor};
 use paddock_models::Models;

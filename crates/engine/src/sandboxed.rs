@@ -9,10 +9,12 @@ use bytes::Bytes;
 use paddock_egress::{Broker, OutboundRequest, ResolvedCredential, RunEgress};
 use paddock_harness::tools::{MAX_READ, MAX_WRITE, resolve, str_arg};
 use paddock_harness::{ToolContext, ToolExecutor, ToolOutput, WorkspaceTools};
-use paddock_sandbox::{ExecOutput, ExecSpec, Limits, NetworkSpec, SandboxDriver, Tier};
-use paddock_types::{RunId, ToolCall};
+use paddock_sandbox::disk::{self, DiskUsage};
+use paddock_sandbox::{DiskStop, ExecOutput, ExecSpec, Limits, NetworkSpec, SandboxDriver, Tier};
+use paddock_types::{RunId, Scope, ToolCall};
 use paddock_vault::{Redactor, Vault};
 use serde_json::Value;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +34,23 @@ pub struct SandboxTools {
     ca_bundle: Vec<u8>,
     /// The `none` tier has no isolation to keep file tools in: they run in-process.
     host_files: WorkspaceTools,
+    disk: DiskQuota,
+    /// The last measured usage of each running run's workspace, by tenant workspace, for the
+    /// tenant total. Filled by each run's calls (after a restart, by its first call).
+    usage: std::sync::Mutex<HashMap<String, HashMap<RunId, u64>>>,
+}
+
+/// Disk limits of tool calls, checked before each call, watched during it by the process tier
+/// and measured after it. A limit of 0 is off.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiskQuota {
+    /// One run's workspace.
+    pub workspace_bytes: u64,
+    /// The workspaces of all running runs of one tenant workspace together.
+    pub tenant_bytes: u64,
+    /// Free space kept on the workspaces' file system (the data folder's, which holds the
+    /// database) so the database can always commit.
+    pub reserve_bytes: u64,
 }
 
 impl SandboxTools {
@@ -58,7 +77,164 @@ impl SandboxTools {
             limits,
             keep_workspaces,
             ca_bundle,
+            disk: DiskQuota::default(),
+            usage: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Enforces `disk` on every call from now on.
+    pub fn with_disk_quota(mut self, disk: DiskQuota) -> Self {
+        self.disk = disk;
+        self
+    }
+
+    fn tenant_key(scope: &Scope) -> String {
+        format!("{}/{}", scope.org, scope.workspace)
+    }
+
+    /// What the tenant's other running runs use, as last measured.
+    fn others_usage(&self, scope: &Scope, run_id: &RunId) -> u64 {
+        let Ok(usage) = self.usage.lock() else {
+            return 0;
+        };
+        usage
+            .get(&Self::tenant_key(scope))
+            .map(|runs| {
+                runs.iter()
+                    .filter(|(id, _)| *id != run_id)
+                    .map(|(_, bytes)| *bytes)
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
+    fn record_usage(&self, scope: &Scope, run_id: &RunId, bytes: u64) {
+        if let Ok(mut usage) = self.usage.lock() {
+            usage
+                .entry(Self::tenant_key(scope))
+                .or_default()
+                .insert(run_id.clone(), bytes);
+        }
+    }
+
+    fn cached_usage(&self, scope: &Scope, run_id: &RunId) -> Option<u64> {
+        let usage = self.usage.lock().ok()?;
+        usage.get(&Self::tenant_key(scope))?.get(run_id).copied()
+    }
+
+    /// The most this run's workspace may hold now: its own quota, or what the tenant total
+    /// leaves it. `None` without either limit.
+    fn budget(&self, scope: &Scope, run_id: &RunId) -> Option<u64> {
+        let own = (self.disk.workspace_bytes > 0).then_some(self.disk.workspace_bytes);
+        let tenant = (self.disk.tenant_bytes > 0).then(|| {
+            self.disk
+                .tenant_bytes
+                .saturating_sub(self.others_usage(scope, run_id))
+        });
+        match (own, tenant) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Before a call: refuses it when the disk is under the reserve, and sets the call's disk
+    /// limits. A run at or over its budget gets a call that can only shrink its workspace
+    /// (no file may grow, growth kills the sandbox), so the model can still delete files.
+    async fn disk_before(
+        &self,
+        scope: &Scope,
+        run_id: &RunId,
+        workspace: &Path,
+        limits: &mut Limits,
+    ) -> Result<(), String> {
+        let reserve = self.disk.reserve_bytes;
+        if reserve > 0 {
+            // The workspace may not exist yet; its root is on the same file system.
+            let probe = workspace
+                .ancestors()
+                .find(|p| p.exists())
+                .unwrap_or(workspace)
+                .to_path_buf();
+            let free = blocking(move || disk::free_bytes(&probe)).await?;
+            if free < reserve {
+                return Err(DiskStop::Reserve { free, reserve }.to_string());
+            }
+            limits.disk_reserve_bytes = reserve;
+        }
+        let Some(budget) = self.budget(scope, run_id) else {
+            limits.workspace_bytes = 0;
+            return Ok(());
+        };
+        let used = match self.cached_usage(scope, run_id) {
+            Some(bytes) => bytes,
+            None => {
+                let ws = workspace.to_path_buf();
+                let bytes = blocking(move || disk::workspace_usage(&ws, budget, false))
+                    .await?
+                    .bytes;
+                self.record_usage(scope, run_id, bytes);
+                bytes
+            }
+        };
+        if used >= budget {
+            limits.workspace_bytes = used.max(1);
+            limits.file_bytes = 0;
+        } else {
+            limits.workspace_bytes = budget;
+            limits.file_bytes = limits.file_bytes.min(budget - used);
+        }
+        Ok(())
+    }
+
+    /// After a call: records the workspace's usage and fails the call when it is over the
+    /// run's quota or the tenant's total (or the sandbox was stopped for the disk).
+    async fn disk_after(
+        &self,
+        scope: &Scope,
+        run_id: &RunId,
+        workspace: &Path,
+        out: &ExecOutput,
+    ) -> Result<(), String> {
+        let quota = self.disk.workspace_bytes;
+        let tenant = self.disk.tenant_bytes;
+        if quota == 0 && tenant == 0 {
+            if let Some(stop) = out.disk_stop {
+                return Err(stop.to_string());
+            }
+            return Ok(());
+        }
+        // A precise figure for the message: walk again if the sandbox's walk stopped early.
+        let bound = quota.max(tenant).saturating_mul(4);
+        let used = match out.workspace_usage {
+            Some(DiskUsage {
+                bytes,
+                partial: false,
+                ..
+            }) => bytes,
+            _ => {
+                let ws = workspace.to_path_buf();
+                blocking(move || disk::workspace_usage(&ws, bound, false))
+                    .await?
+                    .bytes
+            }
+        };
+        self.record_usage(scope, run_id, used);
+        if quota > 0 && used > quota {
+            return Err(DiskStop::Quota { used, quota }.to_string());
+        }
+        let others = self.others_usage(scope, run_id);
+        if tenant > 0 && others + used > tenant {
+            return Err(format!(
+                "workspace disk total exceeded: this tenant's running runs use {} MB of {} MB ({} MB in this run); delete files to continue",
+                disk::megabytes(others + used),
+                disk::megabytes(tenant),
+                disk::megabytes(used)
+            ));
+        }
+        if let Some(stop) = out.disk_stop {
+            return Err(stop.to_string());
+        }
+        Ok(())
     }
 
     async fn egress_context(&self, ctx: ToolContext<'_>) -> Result<RunEgress, String> {
@@ -90,8 +266,10 @@ impl SandboxTools {
 
     /// Runs `argv` in a fresh sandbox over the run's workspace, serving the egress proxy for it
     /// when `network` is asked for and the agent may reach anything.
+    #[allow(clippy::too_many_arguments)]
     async fn sandboxed(
         &self,
+        scope: &Scope,
         run_id: &RunId,
         egress: &Arc<RunEgress>,
         network: bool,
@@ -100,6 +278,9 @@ impl SandboxTools {
         limits: Limits,
     ) -> Result<ExecOutput, String> {
         let workspace = self.host_files.workspace(run_id);
+        let mut limits = limits;
+        self.disk_before(scope, run_id, &workspace, &mut limits)
+            .await?;
         let mut spec = ExecSpec::new(&workspace, argv);
         spec.stdin = stdin;
         spec.limits = limits;
@@ -137,7 +318,12 @@ impl SandboxTools {
             // `serve` returns once every request's record is in the log.
             let _ = task.await;
         }
-        out.map_err(|e| format!("sandbox error: {e}"))
+        let out = out.map_err(|e| format!("sandbox error: {e}"))?;
+        // The model sees what the call printed too, to know what it wrote.
+        if let Err(e) = self.disk_after(scope, run_id, &workspace, &out).await {
+            return Err(format!("{e}\n{}", shell_report(&out)));
+        }
+        Ok(out)
     }
 
     async fn run(
@@ -157,6 +343,7 @@ impl SandboxTools {
                 }
                 let out = self
                     .sandboxed(
+                        ctx.scope,
                         ctx.run_id,
                         egress,
                         true,
@@ -178,6 +365,7 @@ impl SandboxTools {
                 limits.output_bytes = MAX_READ;
                 let out = self
                     .sandboxed(
+                        ctx.scope,
                         ctx.run_id,
                         egress,
                         false,
@@ -205,6 +393,7 @@ impl SandboxTools {
                 let script = "mkdir -p -- \"$(dirname -- \"$1\")\" && cat > \"$1\"";
                 let out = self
                     .sandboxed(
+                        ctx.scope,
                         ctx.run_id,
                         egress,
                         false,
@@ -226,6 +415,7 @@ impl SandboxTools {
                 let path = relative(rel)?;
                 let out = self
                     .sandboxed(
+                        ctx.scope,
                         ctx.run_id,
                         egress,
                         false,
@@ -336,6 +526,12 @@ impl ToolExecutor for SandboxTools {
     }
 
     async fn run_ended(&self, run_id: &RunId) {
+        if let Ok(mut usage) = self.usage.lock() {
+            for runs in usage.values_mut() {
+                runs.remove(run_id);
+            }
+            usage.retain(|_, runs| !runs.is_empty());
+        }
         if self.keep_workspaces {
             return;
         }
@@ -353,6 +549,16 @@ async fn remove_workspace(ws: &Path) -> std::io::Result<()> {
     tokio::task::spawn_blocking(move || std::fs::remove_dir_all(ws))
         .await
         .map_err(std::io::Error::other)?
+}
+
+/// Runs blocking file-system work off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| format!("disk check failed: {e}"))?
+        .map_err(|e| format!("disk check failed: {e}"))
 }
 
 fn redact(r: &Redactor, text: &str) -> String {

@@ -9,6 +9,7 @@
 //! The process tier never unshares the calling (multi-threaded) server: every execution spawns
 //! a fresh single-threaded helper process that builds the sandbox (see `README.md`).
 
+pub mod disk;
 mod error;
 mod exec;
 pub mod helper;
@@ -97,7 +98,48 @@ pub struct Limits {
     /// Size of the private `/tmp` tmpfs (and of `/dev/shm`).
     pub tmp_bytes: u64,
     /// Largest file a process may write (`RLIMIT_FSIZE`), in `/workspace` and everywhere else.
+    /// The process tier lowers it to `workspace_bytes` when that is smaller.
     pub file_bytes: u64,
+    /// Disk the workspace may use ([`disk::workspace_usage`]). The process tier checks it every
+    /// [`DISK_CHECK_PERIOD`] during the execution and kills the sandbox when it is over
+    /// ([`ExecOutput::disk_stop`]), then measures once more at the end
+    /// ([`ExecOutput::workspace_usage`]). 0: no quota.
+    pub workspace_bytes: u64,
+    /// Free space to keep on the workspace's file system: the process tier kills the sandbox
+    /// when a periodic check finds less. 0: no reserve.
+    pub disk_reserve_bytes: u64,
+}
+
+/// How often the process tier checks a running execution's workspace and free disk space.
+pub const DISK_CHECK_PERIOD: Duration = Duration::from_millis(100);
+
+/// Why an execution was killed for disk use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskStop {
+    /// The workspace used `used` bytes (at least) of `quota`.
+    Quota { used: u64, quota: u64 },
+    /// The file system had `free` bytes left, under the `reserve`.
+    Reserve { free: u64, reserve: u64 },
+}
+
+impl fmt::Display for DiskStop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use disk::megabytes as mb;
+        match *self {
+            DiskStop::Quota { used, quota } => write!(
+                f,
+                "workspace quota exceeded: {} MB used of {} MB; delete files to continue",
+                mb(used),
+                mb(quota)
+            ),
+            DiskStop::Reserve { free, reserve } => write!(
+                f,
+                "the server's disk is nearly full: {} MB free, {} MB are kept for the database; an operator must free space",
+                free >> 20,
+                mb(reserve)
+            ),
+        }
+    }
 }
 
 impl Default for Limits {
@@ -111,6 +153,8 @@ impl Default for Limits {
             output_bytes: 64 << 10,
             tmp_bytes: 64 << 20,
             file_bytes: 256 << 20,
+            workspace_bytes: 1 << 30,
+            disk_reserve_bytes: 0,
         }
     }
 }
@@ -179,6 +223,12 @@ pub struct ExecOutput {
     pub timed_out: bool,
     /// From the start of `spawn` to the end of the command (set-up included).
     pub duration: Duration,
+    /// The sandbox was killed because the workspace went over its quota or the disk under its
+    /// reserve (process tier).
+    pub disk_stop: Option<DiskStop>,
+    /// The workspace's usage once the command ended, measured (and stripped of setuid/setgid
+    /// bits) by the process tier; the walk stops just above `workspace_bytes`.
+    pub workspace_usage: Option<disk::DiskUsage>,
 }
 
 impl ExecOutput {

@@ -118,11 +118,10 @@ impl SqliteStore {
     /// Opens (creating if needed) the store in `data_dir`: `paddock.db` plus the `paddock.lock`
     /// that keeps a second process out ([`StoreError::Locked`]).
     pub fn open(data_dir: &Path) -> Result<Arc<SqliteStore>> {
-        std::fs::create_dir_all(data_dir).map_err(|e| {
-            StoreError::Backend(format!("cannot create {}: {e}", data_dir.display()))
-        })?;
+        private_dir(data_dir)?;
         let lock = lock_folder(data_dir)?;
         let path = data_dir.join("paddock.db");
+        private_db_files(&path)?;
         let mut conn = Connection::open(&path)?;
         configure_writer(&conn)?;
         migrate(&mut conn)?;
@@ -298,9 +297,59 @@ impl Drop for SqliteStore {
     }
 }
 
+/// Creates `dir` (and missing parents) readable by this user only: it holds every tenant's
+/// journal. An existing folder keeps its mode (the server refuses to start on a shared one
+/// unless told; see `paddock serve --allow-shared-data-dir`).
+fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", dir.display())))
+}
+
+/// Makes the database and its `-wal`/`-shm` files mode 0600, creating the database empty if
+/// missing: SQLite creates it with the process umask (usually 0644), and creates the `-wal` and
+/// `-shm` files with the database's mode, so fixing the database covers them from now on; those
+/// left by an earlier version are fixed here too.
+fn private_db_files(db: &Path) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(db)
+        .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", db.display())))?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = db.as_os_str().to_owned();
+        name.push(suffix);
+        let path = std::path::PathBuf::from(name);
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(
+                    |e| StoreError::Backend(format!("cannot chmod 600 {}: {e}", path.display())),
+                )?;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(StoreError::Backend(format!(
+                    "cannot inspect {}: {e}",
+                    path.display()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn lock_folder(data_dir: &Path) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
     let path = data_dir.join("paddock.lock");
     let file = OpenOptions::new()
+        .mode(0o600)
         .create(true)
         .truncate(false)
         .read(true)

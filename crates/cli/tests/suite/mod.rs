@@ -7,6 +7,7 @@ mod bad_input;
 mod billing;
 mod crash;
 mod egress;
+mod host;
 mod hostile;
 mod inject;
 mod local_run;

@@ -160,7 +160,12 @@ fn set_limits(spec: &HelperSpec) -> nix::Result<()> {
         l.cpu_secs,
         l.cpu_secs.saturating_add(1),
     )?;
-    setrlimit(Resource::RLIMIT_FSIZE, l.file_bytes, l.file_bytes)?;
+    // No single file may outgrow the whole workspace quota, whatever the periodic check sees.
+    let file_bytes = match l.workspace_bytes {
+        0 => l.file_bytes,
+        quota => l.file_bytes.min(quota),
+    };
+    setrlimit(Resource::RLIMIT_FSIZE, file_bytes, file_bytes)?;
     if spec.rlimit_nproc {
         let pids = u64::from(l.pids.max(2));
         setrlimit(Resource::RLIMIT_NPROC, pids, pids)?;

@@ -4,6 +4,12 @@
 //! `clone` with namespace flags. `clone3` gets `ENOSYS` (its flags live in memory a filter
 //! cannot read, so libc falls back to `clone`, whose flags it can), as do x32 system calls.
 //!
+//! Calls that could put a setuid or setgid bit on a file (`chmod` family, and `open`/`creat`/
+//! `mknod` creating one with such a mode) get EPERM when the mode has `S_ISUID` or `S_ISGID`:
+//! the workspace outlives the sandbox on the host, where such a file would be a setuid binary of
+//! the sandbox's host uid. `personality` is allowed only to query or to set the default persona
+//! (turning off ASLR or making reads imply exec are refused).
+//!
 //! The program is emitted here as one compact binary search and installed with
 //! `seccompiler::apply_filter`. seccompiler's own compiler produces ~300 instructions of
 //! per-rule chains, which made the kernel's filter-cache preparation cost ~200 µs per sandbox;
@@ -56,6 +62,16 @@ const DENY: &[libc::c_long] = &[
     libc::SYS_quotactl,
     libc::SYS_syslog,
     libc::SYS_vhangup,
+    // NUMA policy: no use in a sandbox of a few cores, and a history of kernel bugs
+    // (mbind/migrate_pages use-after-frees); `set_mempolicy` would also let a process pin
+    // memory to one node of a shared host.
+    libc::SYS_mbind,
+    libc::SYS_set_mempolicy,
+    libc::SYS_migrate_pages,
+    libc::SYS_move_pages,
+    // Its mode lives in a struct a filter cannot read, so it could create a setuid file; libc's
+    // open/openat do not use it, and those are checked below.
+    libc::SYS_openat2,
     #[cfg(target_arch = "x86_64")]
     libc::SYS_iopl,
     #[cfg(target_arch = "x86_64")]
@@ -75,6 +91,37 @@ const NAMESPACE_FLAGS: &[libc::c_int] = &[
     libc::CLONE_NEWCGROUP,
     0x80, // CLONE_NEWTIME
 ];
+
+/// Mode bits a sandbox may not set on a file: setuid and setgid. The sticky bit is harmless
+/// (ignored on files, restrictive on folders) and `mkdir -m 1777` is common, so it is allowed.
+const SET_ID_BITS: u32 = libc::S_ISUID | libc::S_ISGID;
+/// `open` flags under which the mode argument is used.
+const CREATE_FLAGS: u32 = (libc::O_CREAT | (libc::O_TMPFILE & !libc::O_DIRECTORY)) as u32;
+
+/// Calls whose mode argument (0-based index) is checked for [`SET_ID_BITS`].
+const MODE_AT: &[(libc::c_long, u32)] = &[
+    #[cfg(target_arch = "x86_64")]
+    (libc::SYS_chmod, 1),
+    #[cfg(target_arch = "x86_64")]
+    (libc::SYS_creat, 1),
+    #[cfg(target_arch = "x86_64")]
+    (libc::SYS_mknod, 1),
+    (libc::SYS_fchmod, 1),
+    (libc::SYS_fchmodat, 2),
+    (libc::SYS_fchmodat2, 2),
+    (libc::SYS_mknodat, 2),
+];
+
+/// Calls with (flags, mode) arguments at these indexes: the mode is checked when the flags
+/// create a file.
+const OPEN_AT: &[(libc::c_long, u32, u32)] = &[
+    #[cfg(target_arch = "x86_64")]
+    (libc::SYS_open, 1, 2),
+    (libc::SYS_openat, 2, 3),
+];
+
+/// The only `personality` arguments allowed: `PER_LINUX` and the query `0xffffffff`.
+const PERSONALITY_ALLOWED: [u32; 2] = [0, 0xffff_ffff];
 
 #[cfg(target_arch = "x86_64")]
 const AUDIT_ARCH: u32 = 0xC000_003E;
@@ -98,6 +145,11 @@ const OFF_ARCH: u32 = 4;
 /// Low 32 bits of the first argument (little-endian).
 const OFF_ARG0: u32 = 16;
 
+/// Low 32 bits of argument `i` (0-based).
+const fn off_arg(i: u32) -> u32 {
+    OFF_ARG0 + 8 * i
+}
+
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SeccompError {
     #[error("seccomp program too large for BPF jumps")]
@@ -116,6 +168,11 @@ enum Label {
     Kill,
     Socket,
     Clone,
+    /// The mode check of `MODE_AT[i]`.
+    Mode(usize),
+    /// The flags-then-mode check of `OPEN_AT[i]`.
+    Open(usize),
+    Personality,
 }
 
 type Op = (u16, Label, Label, u32);
@@ -157,8 +214,39 @@ pub(crate) fn program() -> Result<BpfProgram, SeccompError> {
         (JEQ_K, Socket, Next, libc::SYS_socket as u32),
         (JEQ_K, Socket, Next, libc::SYS_socketpair as u32),
         (JEQ_K, Clone, Next, libc::SYS_clone as u32),
+        (JEQ_K, Personality, Next, libc::SYS_personality as u32),
     ];
+    for (i, (nr, _)) in MODE_AT.iter().enumerate() {
+        ops.push((JEQ_K, Mode(i), Next, *nr as u32));
+    }
+    for (i, (nr, _, _)) in OPEN_AT.iter().enumerate() {
+        ops.push((JEQ_K, Open(i), Next, *nr as u32));
+    }
     emit_tree(&deny, &mut ops);
+    let mut mode_at = Vec::with_capacity(MODE_AT.len());
+    for (_, arg) in MODE_AT {
+        mode_at.push(ops.len());
+        ops.extend([
+            (LD_W_ABS, Next, Next, off_arg(*arg)),
+            (JSET_K, Eperm, Allow, SET_ID_BITS),
+        ]);
+    }
+    let mut open_at = Vec::with_capacity(OPEN_AT.len());
+    for (_, flags, mode) in OPEN_AT {
+        open_at.push(ops.len());
+        ops.extend([
+            (LD_W_ABS, Next, Next, off_arg(*flags)),
+            (JSET_K, Next, Allow, CREATE_FLAGS),
+            (LD_W_ABS, Next, Next, off_arg(*mode)),
+            (JSET_K, Eperm, Allow, SET_ID_BITS),
+        ]);
+    }
+    let personality_at = ops.len();
+    ops.extend([
+        (LD_W_ABS, Next, Next, OFF_ARG0),
+        (JEQ_K, Allow, Next, PERSONALITY_ALLOWED[0]),
+        (JEQ_K, Allow, Eperm, PERSONALITY_ALLOWED[1]),
+    ]);
     let socket_at = ops.len();
     ops.extend([
         (LD_W_ABS, Next, Next, OFF_ARG0),
@@ -191,13 +279,17 @@ pub(crate) fn program() -> Result<BpfProgram, SeccompError> {
         Kill => Some(kill_at),
         Socket => Some(socket_at),
         Clone => Some(clone_at),
+        Mode(i) => mode_at.get(i).copied(),
+        Open(i) => open_at.get(i).copied(),
+        Personality => Some(personality_at),
     };
     ops.iter()
         .enumerate()
         .map(|(i, (code, jt, jf, k))| {
             let offset = |l: Label| -> Result<u8, SeccompError> {
                 match target(l) {
-                    None => Ok(0),
+                    None if l == Next => Ok(0),
+                    None => Err(SeccompError::TooLarge),
                     Some(t) => t
                         .checked_sub(i + 1)
                         .and_then(|d| u8::try_from(d).ok())
@@ -233,11 +325,13 @@ mod tests {
     use super::*;
 
     /// A classic-BPF interpreter for seccomp programs (the subset both programs use).
-    fn run(prog: &[sock_filter], nr: u32, arch: u32, arg0: u64) -> u32 {
+    fn run(prog: &[sock_filter], nr: u32, arch: u32, args: [u64; 4]) -> u32 {
         let mut data = [0u8; 64];
         data[0..4].copy_from_slice(&nr.to_le_bytes());
         data[4..8].copy_from_slice(&arch.to_le_bytes());
-        data[16..24].copy_from_slice(&arg0.to_le_bytes());
+        for (i, arg) in args.iter().enumerate() {
+            data[16 + 8 * i..24 + 8 * i].copy_from_slice(&arg.to_le_bytes());
+        }
         let (mut a, mut pc) = (0u32, 0usize);
         loop {
             let i = &prog[pc];
@@ -295,6 +389,58 @@ mod tests {
             })
             .collect();
         rules.insert(libc::SYS_clone, clone);
+        let masked = |arg: u8, mask: u32| {
+            let mask = u64::from(mask);
+            SeccompCondition::new(
+                arg,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::MaskedEq(mask),
+                mask,
+            )
+            .unwrap()
+        };
+        let set_id = [libc::S_ISUID, libc::S_ISGID];
+        for (nr, arg) in MODE_AT {
+            let rules_for = set_id
+                .iter()
+                .map(|bit| SeccompRule::new(vec![masked(*arg as u8, *bit)]).unwrap())
+                .collect();
+            rules.insert(*nr, rules_for);
+        }
+        for (nr, flags, mode) in OPEN_AT {
+            let mut rules_for = Vec::new();
+            for flag in [
+                libc::O_CREAT as u32,
+                libc::O_TMPFILE as u32 & !(libc::O_DIRECTORY as u32),
+            ] {
+                for bit in set_id {
+                    rules_for.push(
+                        SeccompRule::new(vec![
+                            masked(*flags as u8, flag),
+                            masked(*mode as u8, bit),
+                        ])
+                        .unwrap(),
+                    );
+                }
+            }
+            rules.insert(*nr, rules_for);
+        }
+        rules.insert(
+            libc::SYS_personality,
+            vec![
+                SeccompRule::new(vec![
+                    SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, 0).unwrap(),
+                    SeccompCondition::new(
+                        0,
+                        SeccompCmpArgLen::Dword,
+                        SeccompCmpOp::Ne,
+                        0xffff_ffff,
+                    )
+                    .unwrap(),
+                ])
+                .unwrap(),
+            ],
+        );
         SeccompFilter::new(
             rules,
             SeccompAction::Allow,
@@ -310,8 +456,8 @@ mod tests {
     fn compact_program_matches_the_seccompiler_reference() {
         let ours = program().unwrap();
         let reference = reference();
-        assert!(ours.len() < 120, "{} instructions", ours.len());
-        let args: Vec<u64> = [
+        assert!(ours.len() < 160, "{} instructions", ours.len());
+        let firsts: Vec<u64> = [
             libc::AF_UNIX,
             libc::AF_INET,
             libc::AF_INET6,
@@ -325,28 +471,55 @@ mod tests {
             0,
             libc::SIGCHLD as u64,
             (libc::CLONE_VM | libc::CLONE_THREAD) as u64,
+            0xffff_ffff,
+            0x0040_0000, // ADDR_NO_RANDOMIZE
         ])
         .collect();
+        // Modes and open flags, in every argument position the checks read.
+        let modes: [u64; 6] = [0, 0o755, 0o4755, 0o2755, 0o1777, 0o6777];
+        let flags: [u64; 4] = [
+            libc::O_RDONLY as u64,
+            (libc::O_WRONLY | libc::O_CREAT) as u64,
+            libc::O_TMPFILE as u64 | libc::O_RDWR as u64,
+            libc::O_RDWR as u64,
+        ];
+        let mut arg_sets: Vec<[u64; 4]> = firsts.iter().map(|a| [*a, 0, 0, 0]).collect();
+        for mode in modes {
+            arg_sets.push([0, mode, mode, mode]);
+            for flag in flags {
+                arg_sets.push([0, flag, mode, mode]);
+                arg_sets.push([0, 0, flag, mode]);
+            }
+        }
         for nr in 0..600u32 {
             if nr == libc::SYS_clone3 as u32 {
                 continue;
             }
-            for arg in &args {
+            for args in &arg_sets {
                 assert_eq!(
-                    run(&ours, nr, AUDIT_ARCH, *arg),
-                    run(&reference, nr, AUDIT_ARCH, *arg),
-                    "nr {nr} arg {arg:#x}"
+                    run(&ours, nr, AUDIT_ARCH, *args),
+                    run(&reference, nr, AUDIT_ARCH, *args),
+                    "nr {nr} args {args:x?}"
                 );
             }
         }
         let eperm = RET_ERRNO | libc::EPERM as u32;
         let enosys = RET_ERRNO | libc::ENOSYS as u32;
-        assert_eq!(run(&ours, libc::SYS_ptrace as u32, AUDIT_ARCH, 0), eperm);
-        assert_eq!(run(&ours, libc::SYS_read as u32, AUDIT_ARCH, 0), RET_ALLOW);
-        assert_eq!(run(&ours, libc::SYS_clone3 as u32, AUDIT_ARCH, 0), enosys);
-        assert_eq!(run(&ours, X32_BIT | 39, AUDIT_ARCH, 0), enosys);
         assert_eq!(
-            run(&ours, libc::SYS_read as u32, 0x4000_0003, 0),
+            run(&ours, libc::SYS_ptrace as u32, AUDIT_ARCH, [0; 4]),
+            eperm
+        );
+        assert_eq!(
+            run(&ours, libc::SYS_read as u32, AUDIT_ARCH, [0; 4]),
+            RET_ALLOW
+        );
+        assert_eq!(
+            run(&ours, libc::SYS_clone3 as u32, AUDIT_ARCH, [0; 4]),
+            enosys
+        );
+        assert_eq!(run(&ours, X32_BIT | 39, AUDIT_ARCH, [0; 4]), enosys);
+        assert_eq!(
+            run(&ours, libc::SYS_read as u32, 0x4000_0003, [0; 4]),
             RET_KILL_PROCESS
         );
     }

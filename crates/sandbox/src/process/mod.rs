@@ -28,8 +28,8 @@ use crate::helper::landlock_limits;
 use crate::sys::{self, Status};
 use crate::wire::{CONTROL_FD, HelperSpec, Layout, MAX_MESSAGE, Message};
 use crate::{
-    ExecOutput, ExecSpec, Limits, SANDBOX_WORKSPACE, SandboxDriver, SandboxError, Tier, final_env,
-    validate_argv,
+    DISK_CHECK_PERIOD, DiskStop, ExecOutput, ExecSpec, Limits, SANDBOX_WORKSPACE, SandboxDriver,
+    SandboxError, Tier, final_env, validate_argv,
 };
 
 /// How to start the helper: the `paddock` binary passes `(current_exe, ["__sandbox"])`.
@@ -677,6 +677,7 @@ impl SandboxDriver for ProcessDriver {
         let proxy_port = spec.network.map(|n| n.proxy_port);
         let env = final_env(&spec.env, SANDBOX_WORKSPACE, proxy_port)?;
         let workspace = self.prepare_workspace(&spec.workspace)?;
+        let watched = workspace.clone();
         let (idle, refill) = self.helper()?;
         let Idle {
             pidfd,
@@ -735,7 +736,7 @@ impl SandboxDriver for ProcessDriver {
         };
         let mut task = AbortOnDrop(Some(tokio::spawn(async move {
             let _refill = refill;
-            drive(sandbox, io, spec.limits, start, ready_tx).await
+            drive(sandbox, io, spec.limits, &watched, start, ready_tx).await
         })));
         match ready_rx.await {
             Ok(listener) => match task.into_inner() {
@@ -920,10 +921,52 @@ async fn read_control(
     }
 }
 
+/// Checks the workspace's usage and the disk's free space every [`DISK_CHECK_PERIOD`] (the
+/// first check one period in, so short commands pay nothing) and returns why the sandbox must
+/// be killed; pending forever without a quota or a reserve.
+async fn watch_disk(workspace: &Path, limits: &Limits) -> DiskStop {
+    let (quota, reserve) = (limits.workspace_bytes, limits.disk_reserve_bytes);
+    if quota == 0 && reserve == 0 {
+        return std::future::pending().await;
+    }
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + DISK_CHECK_PERIOD,
+        DISK_CHECK_PERIOD,
+    );
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let dir = workspace.to_path_buf();
+        let check = tokio::task::spawn_blocking(move || -> Option<DiskStop> {
+            if reserve > 0
+                && let Ok(free) = crate::disk::free_bytes(&dir)
+                && free < reserve
+            {
+                return Some(DiskStop::Reserve { free, reserve });
+            }
+            if quota > 0
+                && let Ok(usage) = crate::disk::workspace_usage(&dir, quota, false)
+                && usage.bytes > quota
+            {
+                return Some(DiskStop::Quota {
+                    used: usage.bytes,
+                    quota,
+                });
+            }
+            None
+        })
+        .await;
+        if let Ok(Some(stop)) = check {
+            return stop;
+        }
+    }
+}
+
 async fn drive(
     mut sandbox: Sandbox,
     io: Io,
     limits: Limits,
+    workspace: &Path,
     start: Instant,
     ready: oneshot::Sender<Option<TcpListener>>,
 ) -> Result<ExecOutput, SandboxError> {
@@ -935,6 +978,7 @@ async fn drive(
         stderr,
         ctl,
     } = io;
+    let mut disk_stop = None;
     let (results, timed_out) = {
         let sb = &sandbox;
         let work = async {
@@ -952,11 +996,18 @@ async fn drive(
             (out, err, reports, status)
         };
         tokio::pin!(work);
+        let watch = watch_disk(workspace, &limits);
+        tokio::pin!(watch);
         tokio::select! {
             r = &mut work => (Some(r), false),
             () = tokio::time::sleep_until(deadline) => {
                 sb.kill();
                 (tokio::time::timeout(KILL_GRACE, &mut work).await.ok(), true)
+            }
+            stop = &mut watch => {
+                sb.kill();
+                disk_stop = Some(stop);
+                (tokio::time::timeout(KILL_GRACE, &mut work).await.ok(), false)
             }
         }
     };
@@ -976,7 +1027,7 @@ async fn drive(
     }
     let (exit_code, signal) = match (reports.exit, reports.init) {
         (Some(exit), _) => exit,
-        (None, _) if timed_out => (None, Some(libc::SIGKILL)),
+        (None, _) if timed_out || disk_stop.is_some() => (None, Some(libc::SIGKILL)),
         // Init itself was killed (e.g. by the out-of-memory killer): so was the command.
         (None, Some((_, Some(sig)))) => (None, Some(sig)),
         (None, init) => {
@@ -986,7 +1037,21 @@ async fn drive(
             )));
         }
     };
-    Ok(output(exit_code, signal, out, err, timed_out, duration))
+    let mut out = output(exit_code, signal, out, err, timed_out, duration);
+    out.disk_stop = disk_stop;
+    // Every process of the sandbox is gone (init reported the end, or it was killed and its
+    // pipes closed), so nothing can swap a path for a symlink while the walk strips bits.
+    let dir = workspace.to_path_buf();
+    let bound = match limits.workspace_bytes {
+        0 => u64::MAX,
+        quota => quota,
+    };
+    if let Ok(Ok(usage)) =
+        tokio::task::spawn_blocking(move || crate::disk::workspace_usage(&dir, bound, true)).await
+    {
+        out.workspace_usage = Some(usage);
+    }
+    Ok(out)
 }
 
 fn results_reported(reports: &Result<Reports, String>) -> bool {
@@ -1010,5 +1075,7 @@ pub(crate) fn output(
         stderr_truncated: err.truncated,
         timed_out,
         duration,
+        disk_stop: None,
+        workspace_usage: None,
     }
 }

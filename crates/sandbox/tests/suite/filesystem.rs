@@ -138,3 +138,43 @@ async fn setuid_binaries_do_not_elevate() {
     assert!(out(&o).ends_with("1000\n"), "{}", out(&o));
     assert!(!out(&o).contains("uid=0"));
 }
+
+#[tokio::test]
+async fn mountinfo_lists_only_the_sandboxs_own_mounts() {
+    // The kernel prints each bind's folder within its file system (so the workspace's host path
+    // shows; README "Limitations"), but no other host mount and nothing of the detached root.
+    let ws = tempfile::tempdir().unwrap();
+    let o = sh(ws.path(), "cat /proc/self/mountinfo").await;
+    let info = out(&o);
+    let points: Vec<&str> = info.lines().filter_map(|l| l.split(' ').nth(4)).collect();
+    assert!(!info.contains(".oldroot"), "{info}");
+    for point in &points {
+        let allowed = [
+            "/",
+            "/usr",
+            "/bin",
+            "/sbin",
+            "/lib",
+            "/lib32",
+            "/lib64",
+            "/libx32",
+            "/etc",
+            "/dev",
+            "/proc",
+            "/tmp",
+            "/workspace",
+        ]
+        .iter()
+        .any(|p| point == p || point.starts_with(&format!("{p}/")));
+        assert!(allowed, "unexpected mount point {point}: {info}");
+    }
+    let workspace = info
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some("/workspace"))
+        .unwrap_or_else(|| panic!("no /workspace mount: {info}"));
+    let options = workspace.split(' ').nth(5).unwrap_or_default();
+    assert!(
+        options.contains("nosuid") && options.contains("nodev"),
+        "{workspace}"
+    );
+}

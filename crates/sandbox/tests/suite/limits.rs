@@ -137,3 +137,69 @@ async fn cpu_time_is_limited() {
 fn libc_sigxfsz() -> i32 {
     nix::sys::signal::Signal::SIGXFSZ as i32
 }
+
+#[tokio::test]
+async fn many_files_each_under_the_file_limit_are_stopped_at_the_workspace_quota() {
+    // 200 files of 7 MB, each under an 8 MB file limit, against a 32 MB workspace quota: the
+    // periodic check kills the sandbox long before the 1.4 GB are written.
+    let ws = tempfile::tempdir().unwrap();
+    let mut s = spec(
+        ws.path(),
+        "for i in $(seq 200); do head -c 7M /dev/zero > /workspace/f$i || exit 3; done; echo wrote-all",
+    );
+    s.limits.file_bytes = 8 << 20;
+    s.limits.workspace_bytes = 32 << 20;
+    s.limits.wall = Duration::from_secs(60);
+    let o = driver().exec(s).await.unwrap();
+    assert!(!out(&o).contains("wrote-all"), "{o:?}");
+    assert!(
+        matches!(o.disk_stop, Some(paddock_sandbox::DiskStop::Quota { quota, .. }) if quota == 32 << 20),
+        "{:?} {}",
+        o.disk_stop,
+        err(&o)
+    );
+    assert_eq!(o.signal, Some(9));
+    let used = paddock_sandbox::disk::workspace_usage(ws.path(), u64::MAX, false).unwrap();
+    let reported = o.workspace_usage.unwrap();
+    assert!(reported.bytes > 32 << 20, "{reported:?}");
+    eprintln!("written before the stop: {} MB", used.bytes >> 20);
+    // What one check period lets through (a loose bound for a loaded test machine; the
+    // README states it).
+    assert!(used.bytes < (32 + 512) << 20, "{used:?}");
+}
+
+#[tokio::test]
+async fn a_call_is_stopped_when_the_disk_goes_under_the_reserve() {
+    let ws = tempfile::tempdir().unwrap();
+    let mut s = spec(ws.path(), "sleep 30; echo survived");
+    // More than any disk has free: the first check stops it.
+    s.limits.disk_reserve_bytes = u64::MAX / 4;
+    let o = driver().exec(s).await.unwrap();
+    assert!(!out(&o).contains("survived"));
+    assert!(
+        matches!(o.disk_stop, Some(paddock_sandbox::DiskStop::Reserve { .. })),
+        "{:?}",
+        o.disk_stop
+    );
+    assert!(!o.timed_out);
+}
+
+#[tokio::test]
+async fn a_single_file_cannot_outgrow_the_workspace_quota() {
+    let ws = tempfile::tempdir().unwrap();
+    let mut s = spec(
+        ws.path(),
+        "head -c 20M /dev/zero > /workspace/big; echo rc=$?",
+    );
+    s.limits.file_bytes = 256 << 20;
+    s.limits.workspace_bytes = 4 << 20;
+    let o = driver().exec(s).await.unwrap();
+    assert!(
+        out(&o).contains("rc=1") || out(&o).contains("rc=153"),
+        "{}{}",
+        out(&o),
+        err(&o)
+    );
+    let size = std::fs::metadata(ws.path().join("big")).unwrap().len();
+    assert_eq!(size, 4 << 20);
+}

@@ -151,3 +151,102 @@ async fn normal_programs_still_work() {
     };
     assert_eq!(out(&o), "ok\nsub\n", "{}", err(&o));
 }
+
+#[cfg(target_arch = "x86_64")]
+#[tokio::test]
+async fn numa_policy_calls_are_denied() {
+    let Some(o) = raw_syscalls(&[
+        ("mbind", "libc.syscall(237, 0, 4096, 0, 0, 0, 0)"),
+        ("set_mempolicy", "libc.syscall(238, 0, 0, 0)"),
+        ("migrate_pages", "libc.syscall(256, 0, 8, 0, 0)"),
+        ("move_pages", "libc.syscall(279, 0, 0, 0, 0, 0, 0)"),
+    ])
+    .await
+    else {
+        return;
+    };
+    for name in ["mbind", "set_mempolicy", "migrate_pages", "move_pages"] {
+        expect(&o, name, EPERM);
+    }
+}
+
+#[tokio::test]
+async fn personality_can_only_be_queried_or_set_to_the_default() {
+    // ADDR_NO_RANDOMIZE (what `setarch -R` uses) and READ_IMPLIES_EXEC are refused; the query
+    // that glibc and Python make, and the default persona, still work.
+    let Some(o) = raw_syscalls(&[
+        ("no_aslr", "libc.personality(0x0040000)"),
+        ("read_implies_exec", "libc.personality(0x0400000)"),
+        ("query", "libc.personality(0xffffffff)"),
+        ("default", "libc.personality(0)"),
+    ])
+    .await
+    else {
+        return;
+    };
+    expect(&o, "no_aslr", EPERM);
+    expect(&o, "read_implies_exec", EPERM);
+    assert!(o.contains("query:0:0"), "{o}");
+    assert!(o.contains("default:0:0"), "{o}");
+}
+
+#[tokio::test]
+async fn setuid_and_setgid_bits_cannot_be_set_on_workspace_files() {
+    // The workspace outlives the sandbox on the host, owned by the sandbox's host uid: a setuid
+    // file left there would be a setuid binary on the host.
+    let ws = tempfile::tempdir().unwrap();
+    let Some(o) = py(
+        ws.path(),
+        "import os, errno\n\
+         def attempt(name, f):\n\
+         \x20   try:\n\
+         \x20       f(); print(name, 'ok')\n\
+         \x20   except OSError as e:\n\
+         \x20       print(name, errno.errorcode[e.errno])\n\
+         open('/workspace/plain', 'w').close()\n\
+         attempt('chmod_suid', lambda: os.chmod('/workspace/plain', 0o4755))\n\
+         attempt('chmod_sgid', lambda: os.chmod('/workspace/plain', 0o2755))\n\
+         fd = os.open('/workspace/plain', os.O_RDONLY)\n\
+         attempt('fchmod_suid', lambda: os.fchmod(fd, 0o4755))\n\
+         attempt('fchmodat_suid', lambda: os.chmod('plain', 0o6755, dir_fd=os.open('/workspace', os.O_RDONLY)))\n\
+         attempt('open_creat_suid', lambda: os.close(os.open('/workspace/created', os.O_CREAT | os.O_WRONLY, 0o4755)))\n\
+         attempt('mknod_suid', lambda: os.mknod('/workspace/node', 0o100000 | 0o4755))\n\
+         attempt('chmod_plain', lambda: os.chmod('/workspace/plain', 0o755))\n\
+         attempt('chmod_sticky_dir', lambda: (os.mkdir('/workspace/d'), os.chmod('/workspace/d', 0o1777)))\n\
+         attempt('open_plain', lambda: os.close(os.open('/workspace/other', os.O_CREAT | os.O_WRONLY, 0o644)))\n",
+    )
+    .await
+    else {
+        return;
+    };
+    let s = out(&o);
+    for denied in [
+        "chmod_suid",
+        "chmod_sgid",
+        "fchmod_suid",
+        "fchmodat_suid",
+        "open_creat_suid",
+        "mknod_suid",
+    ] {
+        assert!(
+            s.contains(&format!("{denied} EPERM")),
+            "{denied}: {s}{}",
+            err(&o)
+        );
+    }
+    for allowed in ["chmod_plain", "chmod_sticky_dir", "open_plain"] {
+        assert!(
+            s.contains(&format!("{allowed} ok")),
+            "{allowed}: {s}{}",
+            err(&o)
+        );
+    }
+    // And `chmod u+s` from the shell, checked on the host side.
+    let o = sh(ws.path(), "chmod u+s,g+s /workspace/plain; echo rc=$?").await;
+    assert!(out(&o).contains("rc=1"), "{}{}", out(&o), err(&o));
+    for entry in std::fs::read_dir(ws.path()).unwrap() {
+        let meta = entry.unwrap().metadata().unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(meta.permissions().mode() & 0o6000, 0, "{meta:?}");
+    }
+}
