@@ -7,9 +7,9 @@ use crate::broker::{
     Broker, Exchanged, Failure, Outbound, Scheme, UpstreamCache, strip_hop_by_hop,
 };
 use crate::credentials::Injection;
-use crate::redact::Redactor;
 use crate::error::{DenyReason, UpstreamFailure};
 use crate::policy::{ConnectVerdict, check_connect};
+use crate::redact::Redactor;
 use crate::run::{RecordGuard, RunEgress, denied_record};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
