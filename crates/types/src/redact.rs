@@ -10,7 +10,7 @@
 //! case-insensitive, so every form is also matched upper-, lower- or mixed-case):
 //! - raw, and reversed;
 //! - percent-encoded: every non-alphanumeric byte, RFC 3986 component style (unreserved kept),
-//!   form style (`*-._` kept, `+` for space); upper or lower hex;
+//!   form style (`*-._` kept); each also with `+` for space; upper or lower hex;
 //! - JSON-escaped: serde's escaping, with `\/` for `/`, with `\uXXXX` for every non-ASCII
 //!   character (surrogate pairs beyond the BMP), with `<`, `>`, `&`, `'` as `\u003c`… (Go's
 //!   encoder), in every combination;
@@ -89,14 +89,12 @@ pub fn encoded_forms(value: &str) -> Vec<String> {
             out.push(base64_middle(engine, bytes, offset));
         }
     }
-    for set in [NON_ALPHANUMERIC, COMPONENT] {
-        out.push(utf8_percent_encode(value, set).to_string());
+    for set in [NON_ALPHANUMERIC, COMPONENT, FORM] {
+        let encoded = utf8_percent_encode(value, set).to_string();
+        // Form encoding writes a space as '+' (whichever set the encoder keeps).
+        out.push(encoded.replace("%20", "+"));
+        out.push(encoded);
     }
-    out.push(
-        utf8_percent_encode(value, FORM)
-            .to_string()
-            .replace("%20", "+"),
-    );
     for escape_slash in [false, true] {
         for ascii_only in [false, true] {
             for html_safe in [false, true] {
