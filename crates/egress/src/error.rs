@@ -33,6 +33,10 @@ pub enum DenyReason {
     BadRequest,
     /// `request()` met more redirects than it follows.
     TooManyRedirects,
+    /// The request line, a header or the body carries one of the workspace's secrets (in any
+    /// form the redactor knows). Sending it again will be refused again; use the credential
+    /// binding (the placeholder) instead of the value.
+    SecretInRequest,
 }
 
 impl DenyReason {
@@ -49,6 +53,7 @@ impl DenyReason {
             DenyReason::DnsFailure => "dns_failure",
             DenyReason::BadRequest => "bad_request",
             DenyReason::TooManyRedirects => "too_many_redirects",
+            DenyReason::SecretInRequest => "secret_in_request",
         }
     }
 }
