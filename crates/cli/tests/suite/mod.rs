@@ -13,6 +13,7 @@ mod members;
 mod provider_faults;
 mod run_stream;
 mod sandbox_helper;
+mod secret_leaks;
 mod vault;
 mod workspace_cap;
 
