@@ -28,7 +28,9 @@ mod request;
 mod run;
 
 pub use addr::is_refused_address;
-pub use bench::{BenchReport, bench_overhead};
+pub use bench::{
+    BENCH_BOUND, BENCH_WORKSPACE_SECRETS, BenchReport, MatcherBench, bench_matcher, bench_overhead,
+};
 pub use broker::{Broker, BrokerConfig};
 pub use ca::{CaPem, generate_ca};
 pub use credentials::{ResolvedCredential, placeholder_for};

@@ -39,8 +39,8 @@ use std::fmt;
 pub const MIN_LEN: usize = 4;
 
 /// Length (in characters) of the fragments of a value that count as the value. Twelve
-/// characters of a random token carry ≥ 60 bits (base32 and up), so ordinary text does not
-/// contain one by chance; fewer would start matching common words and URL pieces of
+/// characters of a random token carry 48 bits (hex) or more, so ordinary text does not contain
+/// one by chance; fewer would start matching common words and URL pieces of
 /// low-entropy secrets; more would let longer pieces of a secret through.
 pub const FRAGMENT_LEN: usize = 12;
 
