@@ -219,6 +219,15 @@ fn html_escape(value: &str, style: &HtmlStyle) -> String {
     s
 }
 
+/// `hay` with ASCII upper case folded to lower case (borrowed when there is none).
+fn fold(hay: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if hay.iter().any(u8::is_ascii_uppercase) {
+        std::borrow::Cow::Owned(hay.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(hay)
+    }
+}
+
 /// A matched region of a haystack: the union of overlapping matches of one or more forms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Span {
@@ -274,9 +283,11 @@ impl SecretMatcher {
         // it for a 64 KiB value (every form of it) takes minutes. The contiguous NFA builds in
         // time linear in the patterns and scans fast enough. Standard semantics so that
         // overlapping matches can be found and merged (a fragment overlaps the whole value).
+        // Patterns are lower-cased and haystacks are lower-cased before the search (same
+        // offsets: ASCII only), rather than `ascii_case_insensitive`, which makes the build for
+        // 1,000 secrets about three times slower.
         let ac = AhoCorasick::builder()
             .match_kind(MatchKind::Standard)
-            .ascii_case_insensitive(true)
             .kind(Some(AhoCorasickKind::ContiguousNFA))
             .build(&patterns)
             .map_err(|e| MatcherError(e.to_string()))?;
@@ -320,7 +331,7 @@ impl SecretMatcher {
 
     /// The name of the first secret found in `hay`, if any (cheaper than [`Self::spans`]).
     pub fn find(&self, hay: &[u8]) -> Option<&str> {
-        let m = self.ac.as_ref()?.find(hay)?;
+        let m = self.ac.as_ref()?.find(&*fold(hay))?;
         Some(self.name(self.owner.get(m.pattern().as_usize()).copied()?))
     }
 
@@ -330,6 +341,8 @@ impl SecretMatcher {
         let Some(ac) = &self.ac else {
             return Vec::new();
         };
+        let hay = fold(hay);
+        let hay = &*hay;
         if !ac.is_match(hay) {
             return Vec::new();
         }
