@@ -3,7 +3,8 @@
 //! Owns the allow-list check (scheme, host, port, path prefix, method; deny wins), DNS
 //! resolution with the private-address policy and IP pinning, TLS interception for hosts that
 //! need it (credential binding, or path/method rules), credential injection, placeholder swapping,
-//! redaction of echoed secrets, and one [`EgressRecord`](paddock_types::event::EgressRecord) per
+//! redaction of echoed secrets, refusal of requests that carry one of the workspace's secrets
+//! (`secret_in_request`), and one [`EgressRecord`](paddock_types::event::EgressRecord) per
 //! request in the run's log.
 //!
 //! Must not store secrets: the caller resolves them from the vault per run and passes them in a
