@@ -156,6 +156,8 @@ pub async fn bench(output: Output, waiting_runs: usize) -> Result<()> {
         .await
         .context("egress benchmark")?;
     let egress_added_ms_p50 = egress.added_ms_p50();
+    eprintln!("redaction: build the secret matcher for 1,000 secrets, scan 16 MiB…");
+    let matcher = paddock_egress::bench_matcher(1000).context("matcher benchmark")?;
 
     eprintln!("audit: verify a chain of 10,000 entries…");
     let audit_verify_ms_per_10k = audit_verify().await?;
@@ -169,6 +171,8 @@ pub async fn bench(output: Output, waiting_runs: usize) -> Result<()> {
         "sandbox_spawn_ms_p50": round3(sandbox_spawn_ms_p50),
         "sandbox_spawn_back_to_back_ms_p50": round3(sandbox_spawn_back_to_back_ms_p50),
         "egress_added_ms_p50": round3(egress_added_ms_p50),
+        "redactor_build_ms_1000_secrets": round3(matcher.build_ms),
+        "secret_scan_mib_per_s": round3(matcher.scan_mib_per_s),
         "audit_verify_ms_per_10k": round3(audit_verify_ms_per_10k),
         "auth_overhead_us_p50": round3(auth_overhead_us_p50),
     });

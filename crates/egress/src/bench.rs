@@ -1,10 +1,13 @@
 //! What `paddock bench` uses to report the broker's added latency: the same plain-HTTP GET to a
 //! loopback upstream, direct and through the proxy, each on a fresh TCP connection (as a tool
-//! in the sandbox would do it).
+//! in the sandbox would do it), with a realistic set of secrets so that the outbound scan and
+//! the response redactor run on every request; and the cost of the secret matcher itself
+//! (build time for a large workspace, scan throughput).
 
 use crate::body::{ProxyBody, empty, full};
 use crate::broker::{Broker, BrokerConfig};
 use crate::ca::generate_ca;
+use crate::credentials::ResolvedCredential;
 use crate::error::EgressError;
 use crate::run::RunEgress;
 use http::{Request, Response};
@@ -13,7 +16,9 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use paddock_types::manifest::CredentialBinding;
 use paddock_types::manifest::EgressRule;
+use paddock_types::redact::SecretMatcher;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -63,7 +68,26 @@ pub async fn bench_overhead(n: usize) -> Result<BenchReport, EgressError> {
         methods: Vec::new(),
         deny: false,
     };
-    let ctx = Arc::new(RunEgress::new("bench", vec![rule], Vec::new()));
+    // Bound to another host (nothing injected here) but redacted from every response; the
+    // whole workspace's secrets scanned in every request.
+    let bound = (0..BENCH_BOUND)
+        .map(|i| {
+            ResolvedCredential::new(
+                CredentialBinding {
+                    secret: format!("bound_{i}"),
+                    scheme: "https".into(),
+                    host: "api.bench.example".into(),
+                    port: None,
+                    header: Some("Authorization: Bearer {secret}".into()),
+                    query: None,
+                    placeholder_env: None,
+                },
+                random_secret(),
+            )
+        })
+        .collect();
+    let workspace = workspace_matcher(BENCH_WORKSPACE_SECRETS)?;
+    let ctx = Arc::new(RunEgress::new("bench", vec![rule], bound).with_secret_scan(workspace));
     let proxy = TcpListener::bind("127.0.0.1:0").await?;
     let proxy_addr = proxy.local_addr()?;
     {
@@ -99,6 +123,63 @@ pub async fn bench_overhead(n: usize) -> Result<BenchReport, EgressError> {
     }
     shutdown.cancel();
     Ok(report)
+}
+
+/// Bound credentials of the run in [`bench_overhead`] (redacted from responses).
+pub const BENCH_BOUND: usize = 5;
+/// Workspace secrets scanned for in every request of [`bench_overhead`].
+pub const BENCH_WORKSPACE_SECRETS: usize = 100;
+
+/// A 40-character random hex token, like an API key.
+fn random_secret() -> String {
+    let mut bytes = [0u8; 20];
+    crate::random_fill_infallible(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn workspace_matcher(n: usize) -> Result<SecretMatcher, EgressError> {
+    SecretMatcher::new((0..n).map(|i| (format!("secret_{i}"), random_secret())))
+        .map_err(|e| EgressError::Config(e.to_string()))
+}
+
+/// The secret matcher's own cost, for a workspace of `secrets` 40-character secrets.
+#[derive(Debug, Clone)]
+pub struct MatcherBench {
+    pub secrets: usize,
+    /// Building the matcher (every form and fragment of every secret, the automaton).
+    pub build_ms: f64,
+    /// Scanning bodies that hold no secret (the common case), in MiB per second.
+    pub scan_mib_per_s: f64,
+}
+
+/// Builds a matcher for `secrets` random secrets and scans 1 MiB of text through it 16 times.
+pub fn bench_matcher(secrets: usize) -> Result<MatcherBench, EgressError> {
+    let start = Instant::now();
+    let matcher = workspace_matcher(secrets)?;
+    let build_ms = start.elapsed().as_secs_f64() * 1000.0;
+    let text: Vec<u8> = b"{\"id\": 12345, \"name\": \"example item\", \"tags\": [\"a\", \"b\"]}\n"
+        .iter()
+        .copied()
+        .cycle()
+        .take(1024 * 1024)
+        .collect();
+    let rounds = 16;
+    let start = Instant::now();
+    let mut found = 0;
+    for _ in 0..rounds {
+        found += usize::from(matcher.find(&text).is_some());
+    }
+    let secs = start.elapsed().as_secs_f64().max(1e-9);
+    if found != 0 {
+        return Err(EgressError::Config(
+            "bench text matched a random secret".into(),
+        ));
+    }
+    Ok(MatcherBench {
+        secrets,
+        build_ms,
+        scan_mib_per_s: f64::from(rounds) / secs,
+    })
 }
 
 async fn one_get(

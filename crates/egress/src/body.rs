@@ -1,5 +1,5 @@
-//! Body and stream wrappers: byte counting, streamed redaction, and the record that is pushed
-//! when a response body is finished or dropped.
+//! Body and stream wrappers: byte counting, streamed redaction, the scan of streamed request
+//! bodies for secrets, and the record that is pushed when a response body is finished or dropped.
 
 use crate::redact::StreamRedactor;
 use crate::run::RecordGuard;
@@ -7,8 +7,10 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use paddock_types::redact::{SecretMatcher, StreamScanner};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -28,12 +30,13 @@ pub(crate) fn empty() -> ProxyBody {
 }
 
 /// A request body that counts the bytes it yields (what was sent upstream).
+/// `inspect_frame`, not `map_frame`: it keeps the body's size hint, which the outbound scan uses
+/// to read a body of known length whole.
 pub(crate) fn counting_request(body: Incoming, sent: Arc<AtomicU64>) -> ProxyBody {
-    body.map_frame(move |f| {
+    body.inspect_frame(move |f| {
         if let Some(d) = f.data_ref() {
             sent.fetch_add(d.len() as u64, Ordering::Relaxed);
         }
-        f
     })
     .map_err(BoxError::from)
     .boxed()
@@ -43,14 +46,89 @@ pub(crate) fn counting_request(body: Incoming, sent: Arc<AtomicU64>) -> ProxyBod
 /// refused or unconnectable request records nothing sent.
 pub(crate) fn counting_full(bytes: Bytes, sent: Arc<AtomicU64>) -> ProxyBody {
     Full::new(bytes)
-        .map_frame(move |f| {
+        .inspect_frame(move |f| {
             if let Some(d) = f.data_ref() {
                 sent.fetch_add(d.len() as u64, Ordering::Relaxed);
             }
-            f
         })
         .map_err(|never| match never {})
         .boxed()
+}
+
+/// A request body of unknown length on its way upstream, checked for the workspace's secrets as
+/// it streams. Bytes go out only once no secret form can start in them (the scanner holds back
+/// the longest form minus one byte); on a match the body fails, which aborts the upstream
+/// exchange before the rest of the form is written, and `tripped` tells the caller why.
+/// `sent` counts what `inner` yields; on a match it is set back to what was really released.
+pub(crate) fn scanned_request(
+    inner: ProxyBody,
+    matcher: SecretMatcher,
+    tripped: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+) -> ProxyBody {
+    ScanBody {
+        inner,
+        scanner: StreamScanner::new(matcher),
+        tripped,
+        sent,
+        released: 0,
+        done: false,
+    }
+    .boxed()
+}
+
+struct ScanBody {
+    inner: ProxyBody,
+    scanner: StreamScanner,
+    tripped: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    released: u64,
+    done: bool,
+}
+
+impl Body for ScanBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => match this.scanner.push(&data) {
+                        Ok(out) if out.is_empty() => continue,
+                        Ok(out) => {
+                            this.released += out.len() as u64;
+                            return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+                        }
+                        Err(_) => {
+                            this.sent.store(this.released, Ordering::Relaxed);
+                            this.tripped.store(true, Ordering::SeqCst);
+                            this.done = true;
+                            return Poll::Ready(Some(Err("secret in request body".into())));
+                        }
+                    },
+                    // Trailers are not forwarded upstream (hop-by-hop in practice); drop them
+                    // rather than scan a second header block.
+                    Err(_) => continue,
+                },
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => {
+                    this.done = true;
+                    let rest = this.scanner.finish();
+                    if !rest.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(Bytes::from(rest)))));
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// An upstream response body on its way to the client: counts bytes, optionally redacts, and

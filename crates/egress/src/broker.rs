@@ -2,7 +2,7 @@
 //! request goes through (policy → address check → injection → upstream).
 
 use crate::addr::{self, AllowPrivate};
-use crate::body::ProxyBody;
+use crate::body::{ProxyBody, counting_full, empty, scanned_request};
 use crate::ca::{CaPem, CertAuthority};
 use crate::credentials::Injection;
 use crate::error::{DenyReason, EgressError, UpstreamFailure};
@@ -10,16 +10,19 @@ use crate::policy::{self, Verdict};
 use crate::run::{RecordGuard, RunEgress, denied_record};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Uri};
+use http_body_util::BodyExt;
+use hyper::body::Body;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use paddock_types::event::{EgressDecision, EgressRecord};
+use paddock_types::redact::SecretMatcher;
 use rustls::ClientConfig;
 use rustls::crypto::CryptoProvider;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -325,6 +328,28 @@ impl Broker {
                 return Err(Failure::Denied(reason));
             }
         }
+        // Before injection: the injected credential legitimately carries a secret, and what
+        // the sandbox wrote must not.
+        let mut out = out;
+        let mut tripped = None;
+        if let Some(scanner) = ctx.scanner() {
+            match self.scan_outbound(scanner, &mut out).await {
+                Ok(flag) => tripped = flag,
+                Err(f) => {
+                    if let Failure::Denied(reason) = &f {
+                        ctx.recorder().push(denied_record(
+                            out.method.as_str(),
+                            scheme,
+                            &out.host,
+                            out.port,
+                            &path,
+                            reason.as_str(),
+                        ));
+                    }
+                    return Err(f);
+                }
+            }
+        }
         let record = EgressRecord {
             method: out.method.as_str().to_owned(),
             scheme: scheme.to_owned(),
@@ -426,6 +451,14 @@ impl Broker {
         *req.headers_mut() = headers;
         let response = match sender.send_request(req).await {
             Ok(r) => r,
+            Err(_) if tripped.as_ref().is_some_and(|t| t.load(Ordering::SeqCst)) => {
+                // The streamed body carried a secret: the exchange was cut before the rest of
+                // it left. What was sent is recorded; the request counts as refused.
+                let reason = DenyReason::SecretInRequest;
+                let mut guard = guard_into_denial(guard, reason);
+                guard.set_credential(None);
+                return Err(Failure::Denied(reason));
+            }
             Err(e) => {
                 return Err(fail(
                     &mut guard,
@@ -440,6 +473,49 @@ impl Broker {
         guard.set_reason(format!("rule:{rule}"));
         guard.set_status(response.status().as_u16());
         Ok(Exchanged { response, guard })
+    }
+}
+
+impl Broker {
+    /// Refuses a request whose target or header values carry one of the workspace's secrets,
+    /// and checks its body: whole when its length is known and within `max_body_bytes`,
+    /// otherwise as it streams (the returned flag is set if the stream is cut for a secret).
+    async fn scan_outbound(
+        &self,
+        scanner: &SecretMatcher,
+        out: &mut Outbound,
+    ) -> Result<Option<Arc<AtomicBool>>, Failure> {
+        let in_head = scanner.find(out.path_and_query.as_bytes()).is_some()
+            || out
+                .headers
+                .values()
+                .any(|v| scanner.find(v.as_bytes()).is_some());
+        if in_head {
+            return Err(Failure::Denied(DenyReason::SecretInRequest));
+        }
+        let body = std::mem::replace(&mut out.body, empty());
+        match body.size_hint().exact() {
+            Some(len) if len <= self.cfg.max_body_bytes as u64 => {
+                let bytes = body
+                    .collect()
+                    .await
+                    .map_err(|e| Failure::Upstream(UpstreamFailure::ProtocolError, e.to_string()))?
+                    .to_bytes();
+                if scanner.find(&bytes).is_some() {
+                    return Err(Failure::Denied(DenyReason::SecretInRequest));
+                }
+                // Reading counted the bytes as sent; count them when they really go out.
+                out.sent.store(0, Ordering::Relaxed);
+                out.body = counting_full(bytes, out.sent.clone());
+                Ok(None)
+            }
+            _ => {
+                let tripped = Arc::new(AtomicBool::new(false));
+                out.body =
+                    scanned_request(body, scanner.clone(), tripped.clone(), out.sent.clone());
+                Ok(Some(tripped))
+            }
+        }
     }
 }
 

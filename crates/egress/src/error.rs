@@ -46,6 +46,10 @@ pub enum DenyReason {
     /// The bytes inside a `CONNECT` tunnel are not a TLS ClientHello (or not a complete one
     /// within the size and time limits).
     NotTls,
+    /// The request line, a header or the body carries one of the workspace's secrets (in any
+    /// form the redactor knows). Sending it again will be refused again; use the credential
+    /// binding (the placeholder) instead of the value.
+    SecretInRequest,
 }
 
 impl DenyReason {
@@ -66,6 +70,7 @@ impl DenyReason {
             DenyReason::PlaintextCredential => "plaintext_credential",
             DenyReason::SniMismatch => "sni_mismatch",
             DenyReason::NotTls => "not_tls",
+            DenyReason::SecretInRequest => "secret_in_request",
         }
     }
 }

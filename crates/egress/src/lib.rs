@@ -4,7 +4,8 @@
 //! resolution with the private-address policy and IP pinning, TLS interception for hosts that
 //! need it (credential binding, or path/method rules), the TLS server name check inside `CONNECT`,
 //! credential injection into the one field a binding names (placeholders are checked, never swapped),
-//! redaction of echoed secrets, and one [`EgressRecord`](paddock_types::event::EgressRecord) per
+//! redaction of echoed secrets, refusal of requests that carry one of the workspace's secrets
+//! (`secret_in_request`), and one [`EgressRecord`](paddock_types::event::EgressRecord) per
 //! request in the run's log.
 //!
 //! Must not store secrets: the caller resolves them from the vault per run and passes them in a
@@ -30,7 +31,9 @@ mod run;
 mod sni;
 
 pub use addr::is_refused_address;
-pub use bench::{BenchReport, bench_overhead};
+pub use bench::{
+    BENCH_BOUND, BENCH_WORKSPACE_SECRETS, BenchReport, MatcherBench, bench_matcher, bench_overhead,
+};
 pub use broker::{Broker, BrokerConfig};
 pub use ca::{CaPem, generate_ca};
 pub use credentials::{ResolvedCredential, placeholder_for};

@@ -1,73 +1,35 @@
-//! Redaction of a run's secrets from what upstreams send back, in one piece or as a stream.
+//! Redaction of a run's secrets from what upstreams send back (in one piece or as a stream), and
+//! the scan of what the sandbox sends out for the workspace's secrets. Both use the one
+//! generator of a secret's forms in [`paddock_types::redact`].
 
-use crate::credentials::{ResolvedCredential, URL_VALUE};
-use aho_corasick::{AhoCorasick, MatchKind};
+use crate::credentials::ResolvedCredential;
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderValue};
-use percent_encoding::utf8_percent_encode;
+use paddock_types::redact::{SecretMatcher, StreamRedactor as Inner};
 
-/// Secrets shorter than this are injected but not redacted from responses: redacting every
-/// occurrence of a 3-byte string would mangle bodies without protecting much.
-const MIN_REDACT_LEN: usize = 4;
-
-/// Replaces a run's secret values (raw and URL-encoded) with `[REDACTED:<name>]`.
+/// Replaces a run's bound secret values, in every form the generator knows, with
+/// `[REDACTED:<name>]`.
 #[derive(Clone)]
 pub(crate) struct Redactor {
-    ac: AhoCorasick,
-    replacements: Vec<Vec<u8>>,
-    /// Longest needle, in bytes: a streamed body keeps this many bytes minus one in hand so a
-    /// secret split across chunks is still caught.
-    max_len: usize,
+    matcher: SecretMatcher,
 }
 
 impl Redactor {
-    /// None when the run has no secret long enough to redact.
+    /// None when the run has no secret long enough to redact (or, defensively, the automaton
+    /// cannot be built; values already passed the vault's own build of the same matcher).
     pub(crate) fn new(creds: &[ResolvedCredential]) -> Option<Self> {
-        let mut needles: Vec<Vec<u8>> = Vec::new();
-        let mut replacements = Vec::new();
-        for c in creds {
-            if c.value.len() < MIN_REDACT_LEN {
-                continue;
-            }
-            let repl = format!("[REDACTED:{}]", c.binding.secret).into_bytes();
-            let encoded = utf8_percent_encode(&c.value, URL_VALUE).to_string();
-            for n in [c.value.clone(), encoded] {
-                if !needles.iter().any(|x| x == n.as_bytes()) {
-                    needles.push(n.into_bytes());
-                    replacements.push(repl.clone());
-                }
-            }
-        }
-        if needles.is_empty() {
-            return None;
-        }
-        let max_len = needles.iter().map(Vec::len).max().unwrap_or(0);
-        // Never a DFA: for a few long values (a 64 KiB secret) building one takes minutes.
-        let ac = AhoCorasick::builder()
-            .match_kind(MatchKind::LeftmostLongest)
-            .kind(Some(aho_corasick::AhoCorasickKind::ContiguousNFA))
-            .build(&needles)
-            .ok()?;
-        Some(Self {
-            ac,
-            replacements,
-            max_len,
-        })
+        let matcher = SecretMatcher::new(
+            creds
+                .iter()
+                .map(|c| (c.binding.secret.as_str(), c.value.as_str())),
+        )
+        .ok()?;
+        (!matcher.is_empty()).then_some(Self { matcher })
     }
 
     /// The redacted copy, or None when nothing matched.
     pub(crate) fn redact(&self, hay: &[u8]) -> Option<Vec<u8>> {
-        if !self.ac.is_match(hay) {
-            return None;
-        }
-        let mut out = Vec::with_capacity(hay.len());
-        self.ac.replace_all_with_bytes(hay, &mut out, |m, _, dst| {
-            if let Some(r) = self.replacements.get(m.pattern().as_usize()) {
-                dst.extend_from_slice(r);
-            }
-            true
-        });
-        Some(out)
+        self.matcher.redact(hay)
     }
 
     /// Redacts header values in place.
@@ -84,38 +46,21 @@ impl Redactor {
     pub(crate) fn stream(&self) -> StreamRedactor {
         StreamRedactor {
             redactor: self.clone(),
-            carry: Vec::new(),
+            inner: self.matcher.stream(),
         }
     }
 }
 
-/// Redacts a body chunk by chunk. It holds back the last `max_len - 1` bytes of each chunk until
-/// the next one arrives; if the stream is cut, what is held back (possibly the start of a
-/// secret) is never released.
+/// Redacts a body chunk by chunk; see [`paddock_types::redact::StreamRedactor`]: what is held
+/// back of a cut stream (possibly the start of a secret) is never released.
 pub(crate) struct StreamRedactor {
     redactor: Redactor,
-    carry: Vec<u8>,
+    inner: Inner,
 }
 
 impl StreamRedactor {
     pub(crate) fn push(&mut self, chunk: &[u8]) -> Bytes {
-        let mut buf = std::mem::take(&mut self.carry);
-        buf.extend_from_slice(chunk);
-        let mut out = Vec::with_capacity(buf.len());
-        let mut last = 0;
-        for m in self.redactor.ac.find_iter(&buf) {
-            out.extend_from_slice(&buf[last..m.start()]);
-            if let Some(r) = self.redactor.replacements.get(m.pattern().as_usize()) {
-                out.extend_from_slice(r);
-            }
-            last = m.end();
-        }
-        let tail = &buf[last..];
-        let keep = tail.len().min(self.redactor.max_len.saturating_sub(1));
-        let (emit, hold) = tail.split_at(tail.len() - keep);
-        out.extend_from_slice(emit);
-        self.carry = hold.to_vec();
-        Bytes::from(out)
+        Bytes::from(self.inner.push(chunk))
     }
 
     pub(crate) fn redact_headers(&self, headers: &mut HeaderMap) {
@@ -124,16 +69,14 @@ impl StreamRedactor {
 
     /// The held-back bytes at the real end of the body.
     pub(crate) fn finish(&mut self) -> Bytes {
-        let rest = std::mem::take(&mut self.carry);
-        match self.redactor.redact(&rest) {
-            Some(r) => Bytes::from(r),
-            None => Bytes::from(rest),
-        }
+        Bytes::from(self.inner.finish())
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
     use super::*;
     use paddock_types::manifest::CredentialBinding;
 
@@ -176,6 +119,6 @@ mod tests {
         // A cut stream never releases the start of a secret.
         let mut s = r.stream();
         let out = s.push(b"hello SECRET-1");
-        assert_eq!(&out[..], b"h");
+        assert!(!out.windows(6).any(|w| w == b"SECRET"), "{out:?}");
     }
 }

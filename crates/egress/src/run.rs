@@ -4,6 +4,7 @@ use crate::credentials::ResolvedCredential;
 use crate::redact::Redactor;
 use paddock_types::event::{EgressDecision, EgressRecord};
 use paddock_types::manifest::EgressRule;
+use paddock_types::redact::SecretMatcher;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,6 +18,8 @@ pub struct RunEgress {
     rules: Vec<EgressRule>,
     credentials: Vec<ResolvedCredential>,
     redactor: Option<Redactor>,
+    /// The workspace's secrets, looked for in everything the run sends out.
+    scanner: Option<SecretMatcher>,
     recorder: Arc<Recorder>,
 }
 
@@ -34,7 +37,18 @@ impl RunEgress {
             rules,
             credentials,
             redactor,
+            scanner: None,
         }
+    }
+
+    /// Refuses (`secret_in_request`) every request whose request line, header values or body
+    /// carries one of these secrets in any form the matcher knows: hand it the whole
+    /// workspace's secrets (e.g. the vault redactor's matcher), not only the bound ones. The
+    /// scan runs before injection, so injected credentials never trip it; placeholders are
+    /// random strings and do not either.
+    pub fn with_secret_scan(mut self, matcher: SecretMatcher) -> Self {
+        self.scanner = (!matcher.is_empty()).then_some(matcher);
+        self
     }
 
     /// Also sends every record to `sink` as it is made (e.g. to journal `egress_request` events
@@ -68,6 +82,10 @@ impl RunEgress {
 
     pub(crate) fn redactor(&self) -> Option<&Redactor> {
         self.redactor.as_ref()
+    }
+
+    pub(crate) fn scanner(&self) -> Option<&SecretMatcher> {
+        self.scanner.as_ref()
     }
 
     pub(crate) fn recorder(&self) -> &Arc<Recorder> {

@@ -513,7 +513,8 @@ impl ToolExecutor for SandboxTools {
             }
         };
         let egress = match self.egress_context(ctx).await {
-            Ok(e) => Arc::new(e),
+            // The broker refuses requests that carry any of the workspace's secrets.
+            Ok(e) => Arc::new(e.with_secret_scan(redactor.matcher().clone())),
             Err(e) => return ToolOutput::error(redact(&redactor, &e)),
         };
         let result = self.run(ctx, call, &egress).await;

@@ -23,7 +23,7 @@ pub use fixtures::{AgentFixture, MOCK_PROMPT, mock_input, provider_toml};
 pub use process::{MockLlm, Server, ServerOptions, free_port};
 pub use shared::Shared;
 pub use sse::SseEvent;
-pub use upstream::{SeenRequest, Upstream};
+pub use upstream::{SeenRequest, Upstream, reflections};
 
 use std::time::Duration;
 

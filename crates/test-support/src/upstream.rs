@@ -6,6 +6,8 @@
 //! - a request whose query has `redirect_to=<url>`: `302 Found` with `location: <url>` (the
 //!   value up to the next `&`, verbatim);
 //! - a path starting with `/quiet`: `200`, body `ok`;
+//! - a path starting with `/reflect`: `200`, the `authorization` bearer token in each of the
+//!   encodings of [`reflections`], one per line (and the first in `x-reflect`);
 //! - anything else: `200` with the request echoed in the body (request line, every header, the
 //!   body) and the `authorization` header copied into `x-echo-authorization`.
 //!
@@ -254,6 +256,21 @@ fn answer(req: &SeenRequest) -> Response<Full<Bytes>> {
             .status(StatusCode::FOUND)
             .header("location", to)
             .body(Full::new(Bytes::from_static(b"moved\n")))
+    } else if req.path().starts_with("/reflect") {
+        // The bearer token, echoed back in the encodings of `reflections`.
+        let token = req
+            .header("authorization")
+            .and_then(|a| a.strip_prefix("Bearer "))
+            .unwrap_or("");
+        let mut body = String::new();
+        for (what, form) in reflections(token) {
+            body.push_str(&format!("{what}: <{form}>\n"));
+        }
+        builder
+            .status(StatusCode::OK)
+            .header("content-type", "text/plain")
+            .header("x-reflect", reflections(token).swap_remove(0).1)
+            .body(Full::new(Bytes::from(body)))
     } else if req.path().starts_with("/quiet") {
         builder
             .status(StatusCode::OK)
@@ -278,4 +295,28 @@ fn answer(req: &SeenRequest) -> Response<Full<Bytes>> {
         *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
         r
     })
+}
+
+/// A secret as a hostile or careless upstream echoes it back, labelled: JSON with escaped
+/// slashes, base64 inside a larger blob at byte offsets 1 and 2, upper-case hex, upper-case,
+/// reversed, and cut by one character.
+pub fn reflections(secret: &str) -> Vec<(&'static str, String)> {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    let blob = |lead: &str| STANDARD.encode(format!("{lead}{secret}\"}}"));
+    let json = serde_json::to_string(secret).unwrap_or_default();
+    let mut cut = secret.to_owned();
+    cut.pop();
+    vec![
+        ("json-escaped", json.replace('/', "\\/")),
+        ("base64-offset-1", blob("{")),
+        ("base64-offset-2", blob("{\"")),
+        (
+            "hex-upper",
+            secret.bytes().map(|b| format!("{b:02X}")).collect(),
+        ),
+        ("upper-case", secret.to_ascii_uppercase()),
+        ("reversed", secret.chars().rev().collect()),
+        ("cut-by-one", cut),
+    ]
 }

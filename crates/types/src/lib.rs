@@ -1,5 +1,6 @@
 //! Paddock's shared vocabulary: ids, the tenant [`Scope`], run statuses and error codes, journal
-//! events, conversation messages, agent manifests and API wire types.
+//! events, conversation messages, agent manifests and API wire types, and the [`redact`] matcher that
+//! recognises a secret in its encoded forms (shared by the vault and the egress broker).
 //!
 //! This crate owns no behaviour beyond parsing and validation and must not do I/O: every other
 //! crate depends on it, so it stays small and fast to compile.
@@ -11,6 +12,7 @@ pub mod event;
 pub mod ids;
 pub mod manifest;
 pub mod message;
+pub mod redact;
 pub mod run;
 pub mod time;
 

@@ -1,29 +1,20 @@
-//! Redaction of secret values from text: the raw value and the encodings it commonly travels in.
+//! Redaction of secret values from text (tool outputs, the journal, logs): the raw value, the
+//! encodings it commonly travels in and long enough fragments, as [`paddock_types::redact`]
+//! defines them.
 
 use crate::{Result, VaultError};
-use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
-use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use paddock_types::redact::SecretMatcher;
 use serde_json::Value;
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::fmt;
-
-/// Percent-encoding as URL components are usually encoded: the RFC 3986 unreserved characters
-/// stay as they are.
-const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
 
 /// Replaces secret values in text with `[REDACTED:<name>]`.
 ///
-/// Each value is matched raw and in its standard and URL-safe base64 forms (with and without
-/// padding), percent-encoded (every non-alphanumeric byte, or only reserved ones; upper- or
-/// lower-case hex; `+` for space) and JSON-escaped. Matching is leftmost-longest, so a value
-/// that contains another secret is redacted whole.
+/// The forms looked for (raw, percent-, JSON- and HTML-escaped, base64 and base64url at every
+/// offset, hex, reversed, case-folded, and long enough fragments) come from
+/// [`paddock_types::redact`], the one generator the egress broker uses too. Overlapping
+/// matches are redacted as one region named after the longest, so a value that contains
+/// another secret is redacted whole.
 ///
 /// Values shorter than [`Redactor::MIN_LEN`] characters are not redacted: a 1–3 character
 /// "secret" would match all over ordinary text and destroy it, and such a value protects nothing
@@ -32,14 +23,12 @@ const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
 /// The automaton holds every form of every value in memory, unzeroed; build a redactor when
 /// needed and drop it with the run.
 pub struct Redactor {
-    matcher: Option<AhoCorasick>,
-    /// The replacement for each pattern, by pattern index.
-    replacements: Vec<String>,
+    matcher: SecretMatcher,
 }
 
 impl Redactor {
     /// Shortest value (in characters) that is redacted.
-    pub const MIN_LEN: usize = 4;
+    pub const MIN_LEN: usize = paddock_types::redact::MIN_LEN;
 
     /// Builds a redactor from `(name, value)` pairs.
     pub fn new<I, N, V>(secrets: I) -> Result<Redactor>
@@ -48,72 +37,39 @@ impl Redactor {
         N: AsRef<str>,
         V: AsRef<str>,
     {
-        // Pattern → name; the first secret to claim a pattern keeps it.
-        let mut patterns: BTreeMap<String, String> = BTreeMap::new();
-        for (name, value) in secrets {
-            let value = value.as_ref();
-            if value.chars().count() < Self::MIN_LEN {
-                continue;
-            }
-            for form in forms(value) {
-                patterns
-                    .entry(form)
-                    .or_insert_with(|| name.as_ref().to_owned());
-            }
-        }
-        if patterns.is_empty() {
-            return Ok(Redactor::empty());
-        }
-        let (patterns, names): (Vec<String>, Vec<String>) = patterns.into_iter().unzip();
-        // Never a DFA: `build` picks one for few patterns however long they are, and building
-        // it for a 64 KiB value (every form of it) takes minutes. The contiguous NFA builds in
-        // time linear in the patterns and redacts tool outputs fast enough.
-        let matcher = AhoCorasick::builder()
-            .match_kind(MatchKind::LeftmostLongest)
-            .kind(Some(AhoCorasickKind::ContiguousNFA))
-            .build(&patterns)
-            .map_err(|e| VaultError::Redactor(e.to_string()))?;
-        Ok(Redactor {
-            matcher: Some(matcher),
-            replacements: names
-                .into_iter()
-                .map(|n| format!("[REDACTED:{n}]"))
-                .collect(),
-        })
+        let matcher =
+            SecretMatcher::new(secrets).map_err(|e| VaultError::Redactor(e.to_string()))?;
+        Ok(Redactor { matcher })
     }
 
     /// A redactor that changes nothing (a workspace without secrets).
     pub fn empty() -> Redactor {
         Redactor {
-            matcher: None,
-            replacements: Vec::new(),
+            matcher: SecretMatcher::empty(),
         }
     }
 
     /// True if there is nothing to redact.
     pub fn is_empty(&self) -> bool {
-        self.matcher.is_none()
+        self.matcher.is_empty()
+    }
+
+    /// The matcher behind this redactor, e.g. for the egress broker to refuse requests that
+    /// carry one of these secrets.
+    pub fn matcher(&self) -> &SecretMatcher {
+        &self.matcher
     }
 
     /// The text with every secret form replaced; borrowed (no copy) when nothing matched.
     pub fn redact<'a>(&self, text: &'a str) -> Cow<'a, str> {
-        let Some(matcher) = &self.matcher else {
-            return Cow::Borrowed(text);
-        };
-        let mut out: Option<String> = None;
-        let mut last = 0;
-        for m in matcher.find_iter(text) {
-            let buf = out.get_or_insert_with(|| String::with_capacity(text.len()));
-            buf.push_str(&text[last..m.start()]);
-            buf.push_str(&self.replacements[m.pattern().as_usize()]);
-            last = m.end();
-        }
-        match out {
+        match self.matcher.redact(text.as_bytes()) {
             None => Cow::Borrowed(text),
-            Some(mut buf) => {
-                buf.push_str(&text[last..]);
-                Cow::Owned(buf)
-            }
+            // Patterns are whole UTF-8 strings, so matches fall on character boundaries; lossy
+            // conversion is only a guard.
+            Some(out) => Cow::Owned(
+                String::from_utf8(out)
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+            ),
         }
     }
 
@@ -143,57 +99,9 @@ impl Default for Redactor {
 impl fmt::Debug for Redactor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Redactor")
-            .field("patterns", &self.replacements.len())
+            .field("secrets", &self.matcher.secrets())
             .finish()
     }
-}
-
-/// Every form of `value` to look for (duplicates are fine: the caller dedupes).
-fn forms(value: &str) -> Vec<String> {
-    let bytes = value.as_bytes();
-    let mut out = vec![
-        value.to_owned(),
-        STANDARD.encode(bytes),
-        STANDARD_NO_PAD.encode(bytes),
-        URL_SAFE.encode(bytes),
-        URL_SAFE_NO_PAD.encode(bytes),
-    ];
-    for set in [NON_ALPHANUMERIC, COMPONENT] {
-        let upper = utf8_percent_encode(value, set).to_string();
-        if upper != value {
-            out.push(lower_hex(&upper));
-            // Form encoding writes a space as '+'.
-            if value.contains(' ') {
-                out.push(upper.replace("%20", "+"));
-            }
-            out.push(upper);
-        }
-    }
-    if let Ok(json) = serde_json::to_string(value)
-        && let Some(inner) = json.strip_prefix('"').and_then(|j| j.strip_suffix('"'))
-        && inner != value
-    {
-        out.push(inner.to_owned());
-    }
-    out
-}
-
-/// `%2F` → `%2f`: some encoders use lower-case hex digits.
-fn lower_hex(encoded: &str) -> String {
-    let mut out = String::with_capacity(encoded.len());
-    let mut after_percent = 0;
-    for c in encoded.chars() {
-        if c == '%' {
-            after_percent = 2;
-            out.push(c);
-        } else if after_percent > 0 {
-            after_percent -= 1;
-            out.push(c.to_ascii_lowercase());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -202,11 +110,6 @@ mod tests {
 
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn lower_hex_only_touches_escapes() {
-        assert_eq!(lower_hex("AB%2FCD%3a"), "AB%2fCD%3a");
-    }
 
     #[test]
     fn a_secret_inside_another_is_redacted_whole() {

@@ -15,6 +15,7 @@ mod members;
 mod provider_faults;
 mod run_stream;
 mod sandbox_helper;
+mod secret_leaks;
 mod tenant_guards;
 mod vault;
 mod workspace_cap;

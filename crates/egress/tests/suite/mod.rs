@@ -5,4 +5,5 @@ mod inject;
 mod plain;
 mod private;
 mod request;
+mod secrets;
 mod sni;

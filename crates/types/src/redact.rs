@@ -1,0 +1,511 @@
+//! What a secret looks like on the wire, in one place: the generator of a secret's encoded forms
+//! and fragments, and the matcher built from them. The vault's redactor (tool outputs, journal)
+//! and the egress broker (responses in, requests out) both use it, so the two cannot drift.
+//!
+//! It lives here, not in `paddock-vault`, because the broker must not link the vault (it must
+//! not store secrets, and the vault drags in the store); both already depend on this crate. It
+//! is pure computation over values it is handed: no I/O, no storage.
+//!
+//! Covered for each value of at least [`MIN_LEN`] characters (matching is ASCII
+//! case-insensitive, so every form is also matched upper-, lower- or mixed-case):
+//! - raw, and reversed;
+//! - percent-encoded: every non-alphanumeric byte, RFC 3986 component style (unreserved kept),
+//!   form style (`*-._` kept); each also with `+` for space; upper or lower hex;
+//! - JSON-escaped: serde's escaping, with `\/` for `/`, with `\uXXXX` for every non-ASCII
+//!   character (surrogate pairs beyond the BMP), with `<`, `>`, `&`, `'` as `\u003c`… (Go's
+//!   encoder), in every combination;
+//! - HTML-escaped: `&amp; &lt; &gt; &quot;`, with `'` as `&#x27;`, `&#39;`, `&#039;` or `&apos;`,
+//!   `/` as `&#x2F;` or `&#47;`, and `` ` `` / `=` as `&#x60;` / `&#x3D;`;
+//! - base64 and base64url, the value starting at byte offset 0, 1 or 2 of a larger encoded
+//!   blob (the stable middle of the encoding; at offset 0 also the whole padded form);
+//! - hex;
+//! - fragments: every window of [`FRAGMENT_LEN`] characters of a raw value of at least
+//!   [`FRAGMENT_MIN_SECRET`] characters, so a secret cut short (or a long enough piece of it)
+//!   is still the secret.
+//!
+//! Not covered: compressed or encrypted bodies, other transforms (rot13, XOR, split with
+//! separators, interleaved), fragments of encoded forms, fragments shorter than
+//! [`FRAGMENT_LEN`], and any form of a value shorter than [`MIN_LEN`].
+
+use aho_corasick::{AhoCorasick, AhoCorasickKind, Input, MatchKind};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Shortest value (in characters) that is matched at all: a 1–3 character "secret" would match
+/// all over ordinary text and destroy it, and such a value protects nothing anyway.
+pub const MIN_LEN: usize = 4;
+
+/// Length (in characters) of the fragments of a value that count as the value. Twelve
+/// characters of a random token carry 48 bits (hex) or more, so ordinary text does not contain
+/// one by chance; fewer would start matching common words and URL pieces of
+/// low-entropy secrets; more would let longer pieces of a secret through.
+pub const FRAGMENT_LEN: usize = 12;
+
+/// Values shorter than this (in characters) are matched whole only. At this length a window of
+/// [`FRAGMENT_LEN`] characters is still three quarters of the value, and the value cut by one
+/// character is always caught.
+pub const FRAGMENT_MIN_SECRET: usize = 16;
+
+/// Percent-encoding as URL components are usually encoded: RFC 3986 unreserved characters stay.
+const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// `application/x-www-form-urlencoded` as browsers and `URLSearchParams` write it (space is `+`).
+const FORM: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'*')
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_');
+
+/// The matcher could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the secret matcher: {0}")]
+pub struct MatcherError(String);
+
+/// Every whole (not fragment) form of `value` to look for, duplicates removed. Empty when the
+/// value is shorter than [`MIN_LEN`].
+pub fn encoded_forms(value: &str) -> Vec<String> {
+    if value.chars().count() < MIN_LEN {
+        return Vec::new();
+    }
+    let bytes = value.as_bytes();
+    let mut out = vec![
+        value.to_owned(),
+        value.chars().rev().collect(),
+        hex(bytes),
+        STANDARD.encode(bytes),
+        STANDARD_NO_PAD.encode(bytes),
+        URL_SAFE.encode(bytes),
+        URL_SAFE_NO_PAD.encode(bytes),
+    ];
+    for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
+        for offset in 0..3 {
+            out.push(base64_middle(engine, bytes, offset));
+        }
+    }
+    for set in [NON_ALPHANUMERIC, COMPONENT, FORM] {
+        let encoded = utf8_percent_encode(value, set).to_string();
+        // Form encoding writes a space as '+' (whichever set the encoder keeps).
+        out.push(encoded.replace("%20", "+"));
+        out.push(encoded);
+    }
+    for escape_slash in [false, true] {
+        for ascii_only in [false, true] {
+            for html_safe in [false, true] {
+                out.push(json_escape(value, escape_slash, ascii_only, html_safe));
+            }
+        }
+    }
+    for entities in &HTML_STYLES {
+        out.push(html_escape(value, entities));
+    }
+    // Matching ignores ASCII case, so forms that differ only in case are one pattern.
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|f| !f.is_empty() && seen.insert(f.to_ascii_lowercase()));
+    out
+}
+
+/// Every window of [`FRAGMENT_LEN`] characters of `value`, when it has at least
+/// [`FRAGMENT_MIN_SECRET`] characters (otherwise none).
+pub fn fragments(value: &str) -> Vec<String> {
+    let starts: Vec<usize> = value.char_indices().map(|(i, _)| i).collect();
+    if starts.len() < FRAGMENT_MIN_SECRET {
+        return Vec::new();
+    }
+    let mut out = Vec::with_capacity(starts.len() + 1 - FRAGMENT_LEN);
+    for n in 0..=starts.len() - FRAGMENT_LEN {
+        let start = starts.get(n).copied().unwrap_or(0);
+        let end = starts.get(n + FRAGMENT_LEN).copied().unwrap_or(value.len());
+        out.push(value.get(start..end).unwrap_or_default().to_owned());
+    }
+    out
+}
+
+/// Lower-case hex of the bytes (upper case is matched too: matching ignores ASCII case).
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    s
+}
+
+/// The base64 characters of `bytes` that do not depend on what surrounds it when it starts at
+/// byte `offset` (0–2) of a larger encoded blob: characters that mix in bits of a neighbouring
+/// byte are dropped at both ends.
+fn base64_middle(engine: &impl Engine, bytes: &[u8], offset: usize) -> String {
+    let mut buf = vec![0u8; offset];
+    buf.extend_from_slice(bytes);
+    let encoded = engine.encode(&buf);
+    let first = (8 * offset).div_ceil(6);
+    let last = 8 * buf.len() / 6;
+    encoded.get(first..last).unwrap_or_default().to_owned()
+}
+
+/// JSON string escaping (without the quotes) as the common encoders write it.
+fn json_escape(value: &str, escape_slash: bool, ascii_only: bool, html_safe: bool) -> String {
+    let mut s = String::with_capacity(value.len() + 8);
+    let unit = |s: &mut String, u: u16| s.push_str(&format!("\\u{u:04x}"));
+    for c in value.chars() {
+        match c {
+            '"' => s.push_str("\\\""),
+            '\\' => s.push_str("\\\\"),
+            '/' if escape_slash => s.push_str("\\/"),
+            '\n' => s.push_str("\\n"),
+            '\r' => s.push_str("\\r"),
+            '\t' => s.push_str("\\t"),
+            '\u{8}' => s.push_str("\\b"),
+            '\u{c}' => s.push_str("\\f"),
+            '<' | '>' | '&' | '\'' if html_safe => unit(&mut s, c as u16),
+            c if (c as u32) < 0x20 => unit(&mut s, c as u16),
+            c if ascii_only && !c.is_ascii() => {
+                let mut units = [0u16; 2];
+                for u in c.encode_utf16(&mut units) {
+                    unit(&mut s, *u);
+                }
+            }
+            c => s.push(c),
+        }
+    }
+    s
+}
+
+/// Entity spellings of `& < > " ' / \` =` in the HTML escapers found in the wild (None: left as
+/// is). The first four are the same everywhere.
+type HtmlStyle = [Option<&'static str>; 4];
+const HTML_STYLES: [HtmlStyle; 7] = [
+    // ' / ` =
+    [None, None, None, None],
+    [Some("&#x27;"), None, None, None],
+    [Some("&#39;"), Some("&#47;"), None, None],
+    [Some("&#39;"), None, None, None],
+    [Some("&#039;"), None, None, None],
+    [Some("&apos;"), None, None, None],
+    [
+        Some("&#x27;"),
+        Some("&#x2F;"),
+        Some("&#x60;"),
+        Some("&#x3D;"),
+    ],
+];
+
+fn html_escape(value: &str, style: &HtmlStyle) -> String {
+    let mut s = String::with_capacity(value.len() + 8);
+    for c in value.chars() {
+        let entity = match c {
+            '&' => Some("&amp;"),
+            '<' => Some("&lt;"),
+            '>' => Some("&gt;"),
+            '"' => Some("&quot;"),
+            '\'' => style[0],
+            '/' => style[1],
+            '`' => style[2],
+            '=' => style[3],
+            _ => None,
+        };
+        match entity {
+            Some(e) => s.push_str(e),
+            None => s.push(c),
+        }
+    }
+    s
+}
+
+/// `hay` with ASCII upper case folded to lower case (borrowed when there is none).
+fn fold(hay: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if hay.iter().any(u8::is_ascii_uppercase) {
+        std::borrow::Cow::Owned(hay.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(hay)
+    }
+}
+
+/// A matched region of a haystack: the union of overlapping matches of one or more forms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub start: usize,
+    pub end: usize,
+    /// Index of the secret (in the order given to [`SecretMatcher::new`]) whose longest form
+    /// matched in the span; [`SecretMatcher::name`] gives its name.
+    pub secret: usize,
+}
+
+/// Finds every form and fragment of a set of secrets in bytes. Build it per run or tool call
+/// and drop it with them: it holds every form of every value in memory, unzeroed.
+#[derive(Clone)]
+pub struct SecretMatcher {
+    ac: Option<AhoCorasick>,
+    /// Secret index of each pattern.
+    owner: Vec<usize>,
+    /// Name of each secret.
+    names: Vec<String>,
+    max_len: usize,
+}
+
+impl SecretMatcher {
+    /// Builds a matcher from `(name, value)` pairs. When two secrets share a form, the first one
+    /// given owns it.
+    pub fn new<I, N, V>(secrets: I) -> Result<Self, MatcherError>
+    where
+        I: IntoIterator<Item = (N, V)>,
+        N: AsRef<str>,
+        V: AsRef<str>,
+    {
+        // Pattern (case-folded, since matching ignores ASCII case) → owning secret.
+        let mut patterns: BTreeMap<String, usize> = BTreeMap::new();
+        let mut names = Vec::new();
+        for (name, value) in secrets {
+            let value = value.as_ref();
+            let forms = encoded_forms(value);
+            if forms.is_empty() {
+                continue;
+            }
+            let idx = names.len();
+            names.push(name.as_ref().to_owned());
+            for form in forms.into_iter().chain(fragments(value)) {
+                patterns.entry(form.to_ascii_lowercase()).or_insert(idx);
+            }
+        }
+        if patterns.is_empty() {
+            return Ok(Self::empty());
+        }
+        let max_len = patterns.keys().map(String::len).max().unwrap_or(0);
+        let (patterns, owner): (Vec<String>, Vec<usize>) = patterns.into_iter().unzip();
+        // Never a DFA: `build` picks one for few patterns however long they are, and building
+        // it for a 64 KiB value (every form of it) takes minutes. The contiguous NFA builds in
+        // time linear in the patterns and scans fast enough. Standard semantics so that
+        // overlapping matches can be found and merged (a fragment overlaps the whole value).
+        // Patterns are lower-cased and haystacks are lower-cased before the search (same
+        // offsets: ASCII only), rather than `ascii_case_insensitive`, which makes the build for
+        // 1,000 secrets about three times slower.
+        let ac = AhoCorasick::builder()
+            .match_kind(MatchKind::Standard)
+            .kind(Some(AhoCorasickKind::ContiguousNFA))
+            .build(&patterns)
+            .map_err(|e| MatcherError(e.to_string()))?;
+        Ok(Self {
+            ac: Some(ac),
+            owner,
+            names,
+            max_len,
+        })
+    }
+
+    /// A matcher that finds nothing.
+    pub fn empty() -> Self {
+        Self {
+            ac: None,
+            owner: Vec::new(),
+            names: Vec::new(),
+            max_len: 0,
+        }
+    }
+
+    /// True when there is nothing to find.
+    pub fn is_empty(&self) -> bool {
+        self.ac.is_none()
+    }
+
+    /// Number of secrets matched for.
+    pub fn secrets(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Longest pattern, in bytes: a stream scanner keeps this many bytes minus one in hand.
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// The name of a secret by index (see [`Span::secret`]).
+    pub fn name(&self, secret: usize) -> &str {
+        self.names.get(secret).map(String::as_str).unwrap_or("")
+    }
+
+    /// The name of the first secret found in `hay`, if any (cheaper than [`Self::spans`]).
+    pub fn find(&self, hay: &[u8]) -> Option<&str> {
+        let m = self.ac.as_ref()?.find(&*fold(hay))?;
+        Some(self.name(self.owner.get(m.pattern().as_usize()).copied()?))
+    }
+
+    /// Every matched region, in order, overlapping matches merged into one span (so a fragment
+    /// match and the whole value, or two overlapping fragments, make one region).
+    pub fn spans(&self, hay: &[u8]) -> Vec<Span> {
+        let Some(ac) = &self.ac else {
+            return Vec::new();
+        };
+        let hay = fold(hay);
+        let hay = &*hay;
+        if !ac.is_match(hay) {
+            return Vec::new();
+        }
+        let mut found: Vec<(usize, usize, usize)> =
+            match ac.try_find_overlapping_iter(Input::new(hay)) {
+                Ok(it) => it
+                    .map(|m| (m.start(), m.end(), m.pattern().as_usize()))
+                    .collect(),
+                // Unreachable with Standard semantics; fall back to non-overlapping matches rather
+                // than missing any.
+                Err(_) => ac
+                    .find_iter(hay)
+                    .map(|m| (m.start(), m.end(), m.pattern().as_usize()))
+                    .collect(),
+            };
+        found.sort_unstable();
+        let mut spans: Vec<Span> = Vec::new();
+        let mut best_len = 0;
+        for (start, end, pattern) in found {
+            let secret = self.owner.get(pattern).copied().unwrap_or(0);
+            match spans.last_mut() {
+                Some(last) if start < last.end => {
+                    if end - start > best_len {
+                        best_len = end - start;
+                        last.secret = secret;
+                    }
+                    last.end = last.end.max(end);
+                }
+                _ => {
+                    best_len = end - start;
+                    spans.push(Span { start, end, secret });
+                }
+            }
+        }
+        spans
+    }
+
+    /// `hay` with every span replaced by `[REDACTED:<name>]`, or None when nothing matched.
+    pub fn redact(&self, hay: &[u8]) -> Option<Vec<u8>> {
+        let spans = self.spans(hay);
+        if spans.is_empty() {
+            return None;
+        }
+        let mut out = Vec::with_capacity(hay.len());
+        let mut last = 0;
+        for s in &spans {
+            out.extend_from_slice(hay.get(last..s.start).unwrap_or_default());
+            self.push_replacement(&mut out, s.secret);
+            last = s.end;
+        }
+        out.extend_from_slice(hay.get(last..).unwrap_or_default());
+        Some(out)
+    }
+
+    fn push_replacement(&self, out: &mut Vec<u8>, secret: usize) {
+        out.extend_from_slice(b"[REDACTED:");
+        out.extend_from_slice(self.name(secret).as_bytes());
+        out.push(b']');
+    }
+
+    /// A redactor for a body that arrives in chunks.
+    pub fn stream(&self) -> StreamRedactor {
+        StreamRedactor {
+            matcher: self.clone(),
+            carry: Vec::new(),
+        }
+    }
+}
+
+impl fmt::Debug for SecretMatcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretMatcher")
+            .field("secrets", &self.names.len())
+            .field("patterns", &self.owner.len())
+            .finish()
+    }
+}
+
+/// Redacts a body chunk by chunk. It holds back the last `max_len - 1` bytes (and a match
+/// running into them) until the next chunk arrives, so a form split across chunks is still
+/// caught; if the stream is cut, what is held back (possibly the start of a secret) is never
+/// released.
+pub struct StreamRedactor {
+    matcher: SecretMatcher,
+    carry: Vec<u8>,
+}
+
+impl StreamRedactor {
+    /// The redacted bytes that can be released after `chunk`.
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
+        let mut buf = std::mem::take(&mut self.carry);
+        buf.extend_from_slice(chunk);
+        let spans = self.matcher.spans(&buf);
+        // A match still to come starts in the last `max_len - 1` bytes; one that overlaps a
+        // span found now would extend it, so that span is held back too (up to a bound, so a
+        // pathological body cannot make the carry grow without end).
+        let hold_from = buf
+            .len()
+            .saturating_sub(self.matcher.max_len.saturating_sub(1));
+        let bound = self.matcher.max_len.saturating_mul(4).max(64 * 1024);
+        let mut cut = hold_from;
+        if let Some(s) = spans.iter().find(|s| s.end > hold_from)
+            && s.start < hold_from
+            && buf.len() - s.start <= bound
+        {
+            cut = s.start;
+        }
+        let mut out = Vec::with_capacity(buf.len());
+        let mut last = 0;
+        for s in spans.iter().filter(|s| s.start < cut) {
+            out.extend_from_slice(buf.get(last..s.start).unwrap_or_default());
+            self.matcher.push_replacement(&mut out, s.secret);
+            last = s.end;
+        }
+        let cut = cut.max(last);
+        out.extend_from_slice(buf.get(last..cut).unwrap_or_default());
+        self.carry = buf.get(cut..).unwrap_or_default().to_vec();
+        out
+    }
+
+    /// The held-back bytes, redacted, at the real end of the body.
+    pub fn finish(&mut self) -> Vec<u8> {
+        let rest = std::mem::take(&mut self.carry);
+        self.matcher.redact(&rest).unwrap_or(rest)
+    }
+}
+
+/// Checks a body that is on its way out, chunk by chunk, for any form of a secret. Bytes are
+/// released only once no form can start in them, so a complete form never leaves.
+pub struct StreamScanner {
+    matcher: SecretMatcher,
+    carry: Vec<u8>,
+}
+
+impl StreamScanner {
+    pub fn new(matcher: SecretMatcher) -> Self {
+        Self {
+            matcher,
+            carry: Vec::new(),
+        }
+    }
+
+    /// The bytes that may be released after `chunk`, or the name of the secret found.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<u8>, String> {
+        let mut buf = std::mem::take(&mut self.carry);
+        buf.extend_from_slice(chunk);
+        if let Some(name) = self.matcher.find(&buf) {
+            return Err(name.to_owned());
+        }
+        let hold_from = buf
+            .len()
+            .saturating_sub(self.matcher.max_len.saturating_sub(1));
+        self.carry = buf.split_off(hold_from);
+        Ok(buf)
+    }
+
+    /// The held-back bytes at the real end of the body (already checked: no form is shorter
+    /// than what could be held).
+    pub fn finish(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.carry)
+    }
+}
+
+#[cfg(test)]
+#[path = "redact_tests.rs"]
+mod tests;
