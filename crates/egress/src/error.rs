@@ -33,6 +33,9 @@ pub enum DenyReason {
     BadRequest,
     /// `request()` met more redirects than it follows.
     TooManyRedirects,
+    /// The run could not record the request before it would leave (the run has ended, or it
+    /// reached its cap of forwarded requests), so it is not forwarded.
+    NotRecorded,
 }
 
 impl DenyReason {
@@ -49,6 +52,7 @@ impl DenyReason {
             DenyReason::DnsFailure => "dns_failure",
             DenyReason::BadRequest => "bad_request",
             DenyReason::TooManyRedirects => "too_many_redirects",
+            DenyReason::NotRecorded => "not_recorded",
         }
     }
 }

@@ -7,9 +7,9 @@ use crate::broker::{
     Broker, Exchanged, Failure, Outbound, Scheme, UpstreamCache, strip_hop_by_hop,
 };
 use crate::credentials::Injection;
-use crate::redact::Redactor;
 use crate::error::{DenyReason, UpstreamFailure};
 use crate::policy::{ConnectVerdict, check_connect};
+use crate::redact::Redactor;
 use crate::run::{RecordGuard, RunEgress, denied_record};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -333,9 +333,15 @@ impl Conn {
                     decision: EgressDecision::Allowed,
                     reason: format!("rule:{rule}"),
                     credential: None,
+                    host_len: None,
+                    path_len: None,
                 };
                 let sent = Arc::new(AtomicU64::new(0));
                 let mut guard = RecordGuard::new(self.ctx.recorder().clone(), record, sent.clone());
+                // On record before the upstream sees a byte of the tunnel.
+                if !guard.forwarding().await {
+                    return deny_response(DenyReason::NotRecorded);
+                }
                 let upstream = match self.broker.connect_tcp(&addrs).await {
                     Ok(s) => s,
                     Err((f, detail)) => {

@@ -12,6 +12,7 @@
 //! It must not know HTTP: the server calls [`Engine`]'s methods.
 
 mod drive;
+pub mod recording;
 pub mod sandboxed;
 mod waiters;
 

@@ -11,6 +11,7 @@ mod hostile;
 mod local_run;
 mod members;
 mod provider_faults;
+mod records;
 mod run_stream;
 mod sandbox_helper;
 mod vault;
