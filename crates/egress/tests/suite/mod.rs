@@ -4,3 +4,4 @@ mod connect;
 mod plain;
 mod private;
 mod request;
+mod sink;
