@@ -267,3 +267,52 @@ async fn a_flood_of_denied_requests_with_long_paths_is_capped_and_counted() {
         "nothing reached the upstream"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_flight_when_the_run_is_cancelled_stays_on_record() {
+    let mut upstream = Holder::start().await;
+    let port = upstream.port;
+    let server = Server::start(server_options(port)).await;
+    let api = server.api();
+    put_agent(&api, "cancelled", port, "5m").await;
+    let path = "/held/cancel";
+    let id = launch(
+        &api,
+        "cancelled",
+        &[shell(&format!(
+            "curl -sS --max-time 600 http://localhost:{port}{path}"
+        ))],
+    )
+    .await;
+    let line = upstream.next().await;
+    assert_eq!(
+        line,
+        format!("GET {path} HTTP/1.1"),
+        "what the upstream got"
+    );
+    let r = api
+        .post_json(&format!("/v1/runs/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let run = api.wait_terminal(&id).await;
+    assert_eq!(run["status"], "cancelled", "{run}");
+    // The journal closed with the cancel: the request's outcome cannot follow, but the request
+    // itself was journaled before it left.
+    let journal = api.events(&id).await;
+    let (started, _) = records_of(&journal, path);
+    assert_eq!(started.len(), 1, "egress_started: {journal:#?}");
+    assert_eq!(
+        started[0]["request"]["decision"], "allowed",
+        "{}",
+        started[0]
+    );
+    let cancel = journal
+        .iter()
+        .position(|e| e["type"] == "run_cancelled")
+        .unwrap();
+    let at = journal
+        .iter()
+        .position(|e| e["seq"] == started[0]["seq"])
+        .unwrap();
+    assert!(at < cancel, "{journal:#?}");
+}
