@@ -4,7 +4,7 @@
 
 use super::hostile::{launch, shell};
 use super::{bin, of_type};
-use paddock_test_support::{Api, MOCK_PROMPT, Server, ServerOptions, WAIT, mock_input};
+use paddock_test_support::{Api, MOCK_PROMPT, Server, ServerOptions, WAIT};
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
