@@ -2,6 +2,8 @@
 //! SQLite on disk with full durability (synchronous=FULL, one fsync per group commit), the real
 //! engine and the real workspace tools. Prints one JSON object (`--output json`) or a table.
 
+mod records;
+
 use crate::Output;
 use crate::serve::{Tools, open_runtime};
 use anyhow::{Context, Result, bail};
@@ -157,6 +159,9 @@ pub async fn bench(output: Output, waiting_runs: usize) -> Result<()> {
         .context("egress benchmark")?;
     let egress_added_ms_p50 = egress.added_ms_p50();
 
+    eprintln!("egress records: journal 1,000 forwarded requests before they leave…");
+    let egress_record_ms_p50 = records::egress_record_ms_p50().await?;
+
     eprintln!("audit: verify a chain of 10,000 entries…");
     let audit_verify_ms_per_10k = audit_verify().await?;
 
@@ -169,6 +174,7 @@ pub async fn bench(output: Output, waiting_runs: usize) -> Result<()> {
         "sandbox_spawn_ms_p50": round3(sandbox_spawn_ms_p50),
         "sandbox_spawn_back_to_back_ms_p50": round3(sandbox_spawn_back_to_back_ms_p50),
         "egress_added_ms_p50": round3(egress_added_ms_p50),
+        "egress_record_ms_p50": round3(egress_record_ms_p50),
         "audit_verify_ms_per_10k": round3(audit_verify_ms_per_10k),
         "auth_overhead_us_p50": round3(auth_overhead_us_p50),
     });
