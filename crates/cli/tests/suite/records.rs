@@ -232,6 +232,10 @@ async fn a_flood_of_denied_requests_with_long_paths_is_capped_and_counted() {
     assert!(output.contains(&format!("denied {FLOOD}")), "{output}");
 
     let size = serde_json::to_string(&journal).unwrap().len();
+    eprintln!(
+        "journal of the flood run: {size} bytes, {} events",
+        journal.len()
+    );
     assert!(size < JOURNAL_BUDGET, "the journal holds {size} bytes");
     let requests = of_type(&journal, "egress_request");
     assert_eq!(requests.len(), 100, "one call journals at most 100 records");
