@@ -240,6 +240,30 @@ mod tests {
     }
 
     #[test]
+    fn the_tally_counts_the_runs_records_and_finds_forwarded_requests_without_an_outcome() {
+        let ev = |seq: u64, kind: EventKind| Event { seq, at: 0, kind };
+        let request = |started: Option<u64>| EventKind::EgressRequest {
+            call_id: "c".into(),
+            request: denied("a.test"),
+            started,
+        };
+        let started = || EventKind::EgressStarted {
+            call_id: "c".into(),
+            request: denied("a.test"),
+        };
+        let mut events = vec![ev(1, started()), ev(2, started()), ev(3, request(Some(1)))];
+        for seq in 4..(4 + EGRESS_EVENTS_PER_RUN as u64 - 30) {
+            events.push(ev(seq, request(None)));
+        }
+        let t = EgressTally::from_events(&events);
+        assert_eq!(t.forwarded, 2);
+        assert_eq!(t.unforwarded, EGRESS_EVENTS_PER_RUN - 30);
+        assert_eq!(t.open.keys().copied().collect::<Vec<_>>(), vec![2]);
+        assert_eq!(t.room(), 30, "the run's cap leaves less than a call's");
+        assert_eq!(EgressTally::default().room(), EGRESS_EVENTS_PER_CALL);
+    }
+
+    #[test]
     fn distinct_hosts_past_the_cap_share_one_count() {
         let (sink, _rx) = CallSink::new(0);
         for i in 0..(OMITTED_HOSTS + 50) {
