@@ -2,6 +2,8 @@
 //! SQLite on disk with full durability (synchronous=FULL, one fsync per group commit), the real
 //! engine and the real workspace tools. Prints one JSON object (`--output json`) or a table.
 
+mod records;
+
 use crate::Output;
 use crate::serve::{Tools, open_runtime};
 use anyhow::{Context, Result, bail};
@@ -159,6 +161,9 @@ pub async fn bench(output: Output, waiting_runs: usize) -> Result<()> {
     eprintln!("redaction: build the secret matcher for 1,000 secrets, scan 16 MiB…");
     let matcher = paddock_egress::bench_matcher(1000).context("matcher benchmark")?;
 
+    eprintln!("egress records: journal 1,000 forwarded requests before they leave…");
+    let egress_record_ms_p50 = records::egress_record_ms_p50().await?;
+
     eprintln!("audit: verify a chain of 10,000 entries…");
     let audit_verify_ms_per_10k = audit_verify().await?;
 
@@ -173,6 +178,7 @@ pub async fn bench(output: Output, waiting_runs: usize) -> Result<()> {
         "egress_added_ms_p50": round3(egress_added_ms_p50),
         "redactor_build_ms_1000_secrets": round3(matcher.build_ms),
         "secret_scan_mib_per_s": round3(matcher.scan_mib_per_s),
+        "egress_record_ms_p50": round3(egress_record_ms_p50),
         "audit_verify_ms_per_10k": round3(audit_verify_ms_per_10k),
         "auth_overhead_us_p50": round3(auth_overhead_us_p50),
     });

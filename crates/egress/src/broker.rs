@@ -363,6 +363,8 @@ impl Broker {
             // Overwritten below; stays if this future is dropped half-way.
             reason: format!("rule:{rule} error:cancelled"),
             credential: None,
+            host_len: None,
+            path_len: None,
         };
         let mut guard = RecordGuard::new(ctx.recorder().clone(), record, out.sent.clone());
         let fail = |guard: &mut RecordGuard, f: UpstreamFailure, detail: String| {
@@ -445,6 +447,11 @@ impl Broker {
                 "bad target".into(),
             )
         })?;
+        // On record before it leaves: a request that reached the upstream must be in the run's
+        // journal however the call ends, even if this process is killed the next instant.
+        if !guard.forwarding().await {
+            return Err(Failure::Denied(DenyReason::NotRecorded));
+        }
         let mut req = Request::new(out.body);
         *req.method_mut() = out.method;
         *req.uri_mut() = uri;

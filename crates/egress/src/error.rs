@@ -50,6 +50,9 @@ pub enum DenyReason {
     /// form the redactor knows). Sending it again will be refused again; use the credential
     /// binding (the placeholder) instead of the value.
     SecretInRequest,
+    /// The run could not record the request before it would leave (the run has ended, or it
+    /// reached its cap of forwarded requests), so it is not forwarded.
+    NotRecorded,
 }
 
 impl DenyReason {
@@ -71,6 +74,7 @@ impl DenyReason {
             DenyReason::SniMismatch => "sni_mismatch",
             DenyReason::NotTls => "not_tls",
             DenyReason::SecretInRequest => "secret_in_request",
+            DenyReason::NotRecorded => "not_recorded",
         }
     }
 }

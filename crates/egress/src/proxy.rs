@@ -335,9 +335,15 @@ impl Conn {
                     decision: EgressDecision::Allowed,
                     reason: format!("rule:{rule}"),
                     credential: None,
+                    host_len: None,
+                    path_len: None,
                 };
                 let sent = Arc::new(AtomicU64::new(0));
                 let mut guard = RecordGuard::new(self.ctx.recorder().clone(), record, sent.clone());
+                // On record before the upstream sees a byte of the tunnel.
+                if !guard.forwarding().await {
+                    return deny_response(DenyReason::NotRecorded);
+                }
                 let upstream = match self.broker.connect_tcp(&addrs).await {
                     Ok(s) => s,
                     Err((f, detail)) => {

@@ -2,13 +2,16 @@
 
 use crate::credentials::ResolvedCredential;
 use crate::redact::Redactor;
-use paddock_types::event::{EgressDecision, EgressRecord};
+use paddock_types::event::{EgressDecision, EgressRecord, EgressSink};
 use paddock_types::manifest::EgressRule;
 use paddock_types::redact::SecretMatcher;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::mpsc::UnboundedSender;
+
+/// Most records kept by a run context without a sink (for [`RunEgress::take_log`]); later
+/// ones are counted and dropped, so a sandbox cannot grow the log without bound.
+pub const MAX_LOG_RECORDS: usize = 1_000;
 
 /// The egress context of one run. Every connection and `request()` made for the run is
 /// attributed to it. Holds the run's secrets in memory for the run's lifetime only; drop it when
@@ -51,15 +54,18 @@ impl RunEgress {
         self
     }
 
-    /// Also sends every record to `sink` as it is made (e.g. to journal `egress_request` events
-    /// live). Records are still kept for [`RunEgress::take_log`].
-    pub fn with_sink(mut self, sink: UnboundedSender<EgressRecord>) -> Self {
+    /// Sends every record to `sink` instead of the log: an allowed request is forwarded only
+    /// once [`EgressSink::forwarding`] has recorded it, and every outcome goes to
+    /// [`EgressSink::finished`] (the sink outlives the tool call, so records made while the
+    /// call is being torn down still arrive).
+    pub fn with_sink(mut self, sink: Arc<dyn EgressSink>) -> Self {
         self.recorder = Arc::new(Recorder::new(self.run_id.clone(), Some(sink)));
         self
     }
 
-    /// Takes the records made so far (allowed and denied), oldest first. A streamed response or
-    /// an open tunnel is recorded when it ends (its byte counts are known only then).
+    /// Takes the records made so far (allowed and denied), oldest first, when there is no sink
+    /// (at most [`MAX_LOG_RECORDS`] between takes). A streamed response or an open tunnel is
+    /// recorded when it ends (its byte counts are known only then).
     pub fn take_log(&self) -> Vec<EgressRecord> {
         self.recorder.take()
     }
@@ -103,23 +109,43 @@ impl fmt::Debug for RunEgress {
     }
 }
 
-/// Where records go: the run's log, the optional sink, and `tracing`.
+/// Where records go: the sink (or else the run's bounded log), and `tracing`. Every record is
+/// bounded ([`EgressRecord::bound`]) before anything keeps it.
 pub(crate) struct Recorder {
     run_id: String,
     log: Mutex<Vec<EgressRecord>>,
-    sink: Option<UnboundedSender<EgressRecord>>,
+    /// Records dropped because the log was full.
+    dropped: AtomicU64,
+    sink: Option<Arc<dyn EgressSink>>,
 }
 
 impl Recorder {
-    fn new(run_id: String, sink: Option<UnboundedSender<EgressRecord>>) -> Self {
+    fn new(run_id: String, sink: Option<Arc<dyn EgressSink>>) -> Self {
         Self {
             run_id,
             log: Mutex::new(Vec::new()),
+            dropped: AtomicU64::new(0),
             sink,
         }
     }
 
+    /// Records an allowed request before it is forwarded. `Ok(None)` when there is no sink to
+    /// ask (the record is logged when it finishes); `Err` means it must not be forwarded.
+    pub(crate) async fn forwarding(&self, rec: &EgressRecord) -> Result<Option<u64>, String> {
+        let Some(sink) = &self.sink else {
+            return Ok(None);
+        };
+        let mut rec = rec.clone();
+        rec.bound();
+        sink.forwarding(rec).await.map(Some)
+    }
+
     pub(crate) fn push(&self, rec: EgressRecord) {
+        self.finish(None, rec);
+    }
+
+    fn finish(&self, started: Option<u64>, mut rec: EgressRecord) {
+        rec.bound();
         // Structured fields only: the path never carries the query (it may hold a secret), and
         // the credential is a name.
         tracing::info!(
@@ -138,12 +164,14 @@ impl Recorder {
             "egress request"
         );
         if let Some(sink) = &self.sink {
-            // A closed sink means the consumer is gone; the log below still has the record.
-            let _ = sink.send(rec.clone());
+            sink.finished(started, rec);
+            return;
         }
-        match self.log.lock() {
-            Ok(mut log) => log.push(rec),
-            Err(poisoned) => poisoned.into_inner().push(rec),
+        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        if log.len() < MAX_LOG_RECORDS {
+            log.push(rec);
+        } else if self.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
+            tracing::warn!(run_id = %self.run_id, max = MAX_LOG_RECORDS, "egress log full; dropping records");
         }
     }
 
@@ -160,6 +188,8 @@ impl Recorder {
 pub(crate) struct RecordGuard {
     recorder: Arc<Recorder>,
     record: Option<EgressRecord>,
+    /// The sink's id for the record of this request made before it was forwarded.
+    started: Option<u64>,
     pub(crate) sent: Arc<AtomicU64>,
     pub(crate) received: Arc<AtomicU64>,
 }
@@ -169,8 +199,29 @@ impl RecordGuard {
         Self {
             recorder,
             record: Some(record),
+            started: None,
             sent,
             received: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Records the request with the sink before it is forwarded; `false` means it must not be
+    /// forwarded (the guard then records a `not_recorded` denial).
+    pub(crate) async fn forwarding(&mut self) -> bool {
+        let Some(rec) = &self.record else {
+            return false;
+        };
+        match self.recorder.forwarding(rec).await {
+            Ok(id) => {
+                self.started = id;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(run_id = %self.recorder.run_id, error = %e, "egress request not recorded; not forwarded");
+                self.set_reason(crate::error::DenyReason::NotRecorded.as_str().to_owned());
+                self.set_denied();
+                false
+            }
         }
     }
 
@@ -208,7 +259,7 @@ impl Drop for RecordGuard {
         if let Some(mut rec) = self.record.take() {
             rec.bytes_sent = self.sent.load(Ordering::Relaxed);
             rec.bytes_received = self.received.load(Ordering::Relaxed);
-            self.recorder.push(rec);
+            self.recorder.finish(self.started, rec);
         }
     }
 }
@@ -234,5 +285,7 @@ pub(crate) fn denied_record(
         decision: EgressDecision::Denied,
         reason: reason.to_owned(),
         credential: None,
+        host_len: None,
+        path_len: None,
     }
 }

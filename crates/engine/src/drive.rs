@@ -1,13 +1,15 @@
 //! Advancing one leased run: fold its journal, then loop over the harness's next step,
 //! performing effects and journaling their results under the durability rule in the crate doc.
 
+use crate::recording::{CallSink, EgressTally, FORWARDED_PER_RUN, Forward, without_outcome};
 use crate::{Engine, EngineError};
 use paddock_harness::{Agent, RunState, Step, next_step};
 use paddock_models::ModelRequest;
 use paddock_store::{Append, BudgetRefusal, Reservation, StoreError};
 use paddock_types::billing::{BudgetSubject, usd_to_micros};
+use paddock_types::event::EgressSink;
 use paddock_types::time::now_ms;
-use paddock_types::{ErrorCode, Event, EventKind, NewEvent, RunError, RunId, Scope};
+use paddock_types::{ErrorCode, Event, EventKind, NewEvent, RunError, RunId, Scope, ToolCall};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -91,6 +93,7 @@ pub(crate) async fn drive(
         None => engine.store.events(scope, run_id, 0, u32::MAX).await?,
     };
     let state = RunState::from_events(&events);
+    let mut egress = EgressTally::from_events(&events);
     drop(events);
     if state.terminal {
         return Ok(());
@@ -131,6 +134,15 @@ pub(crate) async fn drive(
         worker: engine.worker.clone(),
         recovered,
     });
+    // Forwarded requests whose outcome a stopped worker never journaled: they reached (or may
+    // have reached) the upstream, and the journal says so.
+    for (seq, (call_id, request)) in std::mem::take(&mut egress.open) {
+        j.push(EventKind::EgressRequest {
+            call_id,
+            request: without_outcome(request, "outcome_unknown"),
+            started: Some(seq),
+        });
+    }
     loop {
         if cancel.is_cancelled() {
             return Err(Stop::Interrupted("cancelled"));
@@ -185,25 +197,11 @@ pub(crate) async fn drive(
                 }
                 tracing::debug!(run_id = %run_id, call_id = %call.id, tool = %call.name, "tool executing");
                 let started = Instant::now();
-                let ctx = paddock_harness::ToolContext {
-                    scope,
-                    run_id,
-                    agent: &agent,
+                let ended = run_tool(&mut j, &agent, &call, deadline, &mut egress).await?;
+                let Some(out) = ended else {
+                    j.push(timed_out(timeout));
+                    return j.flush().await;
                 };
-                let exec = engine.tools.execute(ctx, &call);
-                let out = match tokio::time::timeout_at(deadline.into(), exec).await {
-                    Ok(out) => out,
-                    Err(_) => {
-                        j.push(timed_out(timeout));
-                        return j.flush().await;
-                    }
-                };
-                for request in out.egress {
-                    j.push(EventKind::EgressRequest {
-                        call_id: call.id.clone(),
-                        request,
-                    });
-                }
                 j.push(EventKind::ToolCallCompleted {
                     call_id: call.id,
                     tool: call.name,
@@ -212,6 +210,122 @@ pub(crate) async fn drive(
                     duration_ms: started.elapsed().as_millis() as u64,
                 });
             }
+        }
+    }
+}
+
+/// Executes one tool call until it ends or the deadline fires (`None`), journaling its egress
+/// on the way: each allowed request durably before the broker forwards it, and every record the
+/// call's sink holds once the call is over, however it ended.
+async fn run_tool(
+    j: &mut Journal<'_>,
+    agent: &Agent,
+    call: &ToolCall,
+    deadline: Instant,
+    egress: &mut EgressTally,
+) -> Result<Option<paddock_harness::ToolOutput>, Stop> {
+    let engine = j.engine;
+    let (sink, mut forwards) = CallSink::new(egress.room());
+    let sink = Arc::new(sink);
+    let shared: Arc<dyn EgressSink> = sink.clone();
+    let ctx = paddock_harness::ToolContext {
+        scope: j.scope,
+        run_id: j.run_id,
+        agent,
+        egress: Some(&shared),
+    };
+    let mut exec = engine.tools.execute(ctx, call);
+    let expiry = tokio::time::sleep_until(deadline.into());
+    tokio::pin!(expiry);
+    let ended = loop {
+        tokio::select! {
+            // Requests waiting to leave go first: the call may be waiting on them.
+            biased;
+            Some(forward) = forwards.recv() => {
+                journal_forward(j, &call.id, forward, egress).await?;
+            }
+            out = &mut exec => break Some(out),
+            () = &mut expiry => break None,
+        }
+    };
+    // Dropping a call cut short stops its egress proxy; what its connections record from now
+    // on arrives after `close` and is covered by the outcomes journaled below.
+    drop(exec);
+    drop(forwards);
+    if let Some(out) = &ended {
+        // An executor without a sink hands its records back with the output.
+        for record in out.egress.iter().cloned() {
+            sink.finished(None, record);
+        }
+    }
+    let finished = sink.close();
+    let counts = finished.omitted();
+    for (started, request) in finished.kept {
+        match started {
+            Some(seq) => {
+                egress.open.remove(&seq);
+            }
+            None => egress.unforwarded += 1,
+        }
+        j.push(EventKind::EgressRequest {
+            call_id: call.id.clone(),
+            request,
+            started,
+        });
+    }
+    let why = if ended.is_some() {
+        "no_outcome"
+    } else {
+        "cut_by_deadline"
+    };
+    for (seq, (call_id, request)) in std::mem::take(&mut egress.open) {
+        j.push(EventKind::EgressRequest {
+            call_id,
+            request: without_outcome(request, why),
+            started: Some(seq),
+        });
+    }
+    if !counts.is_empty() {
+        j.push(EventKind::EgressOmitted {
+            call_id: call.id.clone(),
+            counts,
+        });
+    }
+    Ok(ended)
+}
+
+/// Journals an allowed request durably, then lets the broker forward it; refuses it past the
+/// run's cap, or when the journal will not take it (the run ended under the worker).
+async fn journal_forward(
+    j: &mut Journal<'_>,
+    call_id: &str,
+    forward: Forward,
+    egress: &mut EgressTally,
+) -> Result<(), Stop> {
+    if egress.forwarded >= FORWARDED_PER_RUN {
+        let _ = forward.ack.send(Err(format!(
+            "the run reached its cap of {FORWARDED_PER_RUN} forwarded requests"
+        )));
+        return Ok(());
+    }
+    let record = forward.record.clone();
+    j.push(EventKind::EgressStarted {
+        call_id: call_id.to_owned(),
+        request: forward.record,
+    });
+    let seq = j.state.last_seq;
+    match j.flush().await {
+        Ok(()) => {
+            egress.forwarded += 1;
+            egress.open.insert(seq, (call_id.to_owned(), record));
+            let _ = forward.ack.send(Ok(seq));
+            Ok(())
+        }
+        Err(stop) => {
+            let _ = forward
+                .ack
+                .send(Err("the run's journal did not take the record".to_owned()));
+            Err(stop)
         }
     }
 }

@@ -8,10 +8,13 @@
 //! before every non-idempotent tool call (so a crash mid-call is detected as
 //! `tool_outcome_unknown` instead of running it twice). An idempotent tool call rides along with
 //! the next commit, so a round (model response + tool result) costs one durable write.
+//! An allowed egress request is journaled (`egress_started`) before the broker forwards it, so
+//! a request an upstream received is on record whatever ends the call ([`recording`]).
 //!
 //! It must not know HTTP: the server calls [`Engine`]'s methods.
 
 mod drive;
+pub mod recording;
 pub mod sandboxed;
 mod waiters;
 

@@ -257,11 +257,11 @@ impl SandboxTools {
                 value.expose().to_owned(),
             ));
         }
-        Ok(RunEgress::new(
-            ctx.run_id.to_string(),
-            manifest.egress.clone(),
-            credentials,
-        ))
+        let egress = RunEgress::new(ctx.run_id.to_string(), manifest.egress.clone(), credentials);
+        Ok(match ctx.egress {
+            Some(sink) => egress.with_sink(Arc::clone(sink)),
+            None => egress,
+        })
     }
 
     /// Runs `argv` in a fresh sandbox over the run's workspace, serving the egress proxy for it
@@ -306,6 +306,9 @@ impl SandboxTools {
             .await
             .map_err(|e| format!("sandbox error: {e}"))?;
         let stop = CancellationToken::new();
+        // A call dropped half-way (the run's deadline) must not leave the proxy serving: cut
+        // its connections, which sends their records to the run's sink.
+        let _stop_when_dropped = stop.clone().drop_guard();
         let serving = execution.take_listener().map(|listener| {
             let broker = Arc::clone(&self.broker);
             let egress = Arc::clone(egress);

@@ -203,7 +203,9 @@ impl RunState {
                     });
                 }
             }
-            EventKind::EgressRequest { .. } => {}
+            EventKind::EgressStarted { .. }
+            | EventKind::EgressRequest { .. }
+            | EventKind::EgressOmitted { .. } => {}
             EventKind::RunWaiting { .. } => self.close_activation(ev.at),
             EventKind::RunSucceeded { .. }
             | EventKind::RunFailed { .. }

@@ -7,7 +7,7 @@
 
 use crate::agent::Agent;
 use async_trait::async_trait;
-use paddock_types::event::EgressRecord;
+use paddock_types::event::{EgressRecord, EgressSink};
 use paddock_types::{RunId, Scope, ToolCall, ToolSpec};
 use serde_json::{Value, json};
 use std::path::{Component, Path, PathBuf};
@@ -20,7 +20,8 @@ pub struct ToolOutput {
     pub content: String,
     /// The call failed; the model sees the content as an error and may try something else.
     pub is_error: bool,
-    /// Requests the call made through the egress broker, to be journaled with its result.
+    /// Requests the call made through the egress broker, to be journaled with its result, when
+    /// the call had no [`ToolContext::egress`] sink (with one, records go to the sink).
     pub egress: Vec<EgressRecord>,
 }
 
@@ -49,6 +50,10 @@ pub struct ToolContext<'a> {
     pub scope: &'a Scope,
     pub run_id: &'a RunId,
     pub agent: &'a Agent,
+    /// Where the call's egress records go, owned by the caller so that they outlive the call
+    /// (a deadline drops the call's future half-way). Executors that make requests through the
+    /// broker must hand it to the run's egress context.
+    pub egress: Option<&'a Arc<dyn EgressSink>>,
 }
 
 /// Runs tool calls for runs. A failure of the tool is an error *output* (the model is told), never
@@ -567,6 +572,7 @@ mod tests {
                 scope,
                 run_id,
                 agent,
+                egress: None,
             }
         }
         let w = tools

@@ -235,7 +235,7 @@ fn paths_and_schemas() -> Value {
                 "seq": {"type": "integer"}, "at": {"type": "string", "format": "date-time"},
                 "type": {"type": "string", "enum": ["run_created", "run_started", "model_requested", "model_responded", "policy_decided",
                     "approval_requested", "approval_decided", "tool_call_started", "tool_call_completed", "output_validated",
-                    "egress_request", "run_waiting", "run_succeeded", "run_failed", "run_timed_out", "run_cancelled"]}},
+                    "egress_started", "egress_request", "egress_omitted", "run_waiting", "run_succeeded", "run_failed", "run_timed_out", "run_cancelled"]}},
                 "additionalProperties": true},
             "Approval": {"type": "object", "properties": {"id": {"type": "string"}, "run_id": {"type": "string"}, "agent": {"type": "string"},
                 "call": {"type": "object", "properties": {"id": {"type": "string"}, "name": {"type": "string"}, "arguments": {}}},

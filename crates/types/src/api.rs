@@ -235,7 +235,9 @@ impl Run {
             K::PolicyDecided { .. }
             | K::ApprovalRequested { .. }
             | K::ToolCallStarted { .. }
+            | K::EgressStarted { .. }
             | K::EgressRequest { .. }
+            | K::EgressOmitted { .. }
             | K::OutputValidated { .. } => {}
         }
     }

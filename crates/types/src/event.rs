@@ -85,6 +85,85 @@ pub struct EgressRecord {
     /// Name of the secret injected, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential: Option<String>,
+    /// The host's length in bytes when `host` was cut to [`EgressRecord::MAX_HOST`] (it then
+    /// ends with [`EgressRecord::CUT`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_len: Option<u64>,
+    /// The path's length in bytes when `path` was cut to [`EgressRecord::MAX_PATH`] (it then
+    /// ends with [`EgressRecord::CUT`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_len: Option<u64>,
+}
+
+impl EgressRecord {
+    /// Longest host kept in a record (a DNS name is at most 253 bytes).
+    pub const MAX_HOST: usize = 256;
+    /// Longest path kept in a record: a sandbox picks its paths, and a record must stay small
+    /// however long they are.
+    pub const MAX_PATH: usize = 512;
+    /// Longest method, scheme or reason kept (they have no length field).
+    pub const MAX_WORD: usize = 64;
+    /// Marks a cut field.
+    pub const CUT: &'static str = "…[cut]";
+
+    /// Cuts every field the sandbox controls to its bound, keeping the original length of the
+    /// host and path, so that one record stays under about 1 KiB however it was made.
+    pub fn bound(&mut self) {
+        if let Some(len) = cut(&mut self.host, Self::MAX_HOST) {
+            self.host_len = Some(len);
+        }
+        if let Some(len) = cut(&mut self.path, Self::MAX_PATH) {
+            self.path_len = Some(len);
+        }
+        cut(&mut self.method, Self::MAX_WORD);
+        cut(&mut self.scheme, Self::MAX_WORD);
+        cut(&mut self.reason, Self::MAX_PATH);
+        if let Some(c) = &mut self.credential {
+            cut(c, Self::MAX_HOST);
+        }
+    }
+}
+
+/// Cuts `s` to at most `max` bytes (on a character boundary, marker included); the original
+/// length when it was cut.
+fn cut(s: &mut String, max: usize) -> Option<u64> {
+    if s.len() <= max {
+        return None;
+    }
+    let len = s.len() as u64;
+    let mut at = max.saturating_sub(EgressRecord::CUT.len());
+    while !s.is_char_boundary(at) {
+        at -= 1;
+    }
+    s.truncate(at);
+    s.push_str(EgressRecord::CUT);
+    Some(len)
+}
+
+/// How many egress records of one tool call were not journaled one by one (over the caps), by
+/// host and decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EgressCount {
+    /// The host (bounded like a record's), or `*` for every host past the distinct-host cap.
+    pub host: String,
+    pub decision: EgressDecision,
+    pub count: u64,
+}
+
+/// Where the egress broker sends a tool call's records: owned by the engine, so the records
+/// outlive the tool call however it ends (finished, timed out, cancelled, its sandbox crashed).
+pub trait EgressSink: Send + Sync {
+    /// Durably records an allowed request about to be forwarded, before it leaves; the request
+    /// must not leave unless this answers `Ok`, with an id to pass to [`EgressSink::finished`].
+    fn forwarding(
+        &self,
+        record: EgressRecord,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, String>> + Send + '_>>;
+
+    /// Takes a finished record: a denial (`started` is `None`), or the outcome of a request
+    /// that [`EgressSink::forwarding`] recorded. Must not block, and must hold a bounded amount
+    /// however many records arrive.
+    fn finished(&self, started: Option<u64>, record: EgressRecord);
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -164,10 +243,25 @@ pub enum EventKind {
         is_error: bool,
         duration_ms: u64,
     },
-    /// A request a tool call made through the egress broker.
+    /// An allowed request the egress broker is about to forward, journaled before it leaves so
+    /// that a request that reached the upstream is on record however the call ends.
+    EgressStarted {
+        call_id: String,
+        request: EgressRecord,
+    },
+    /// A request a tool call made through the egress broker (its outcome, for a forwarded one).
     EgressRequest {
         call_id: String,
         request: EgressRecord,
+        /// The seq of this request's `egress_started` event, for a forwarded request.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        started: Option<u64>,
+    },
+    /// Egress records of one tool call over the per-call or per-run cap, counted instead of
+    /// journaled one by one.
+    EgressOmitted {
+        call_id: String,
+        counts: Vec<EgressCount>,
     },
     /// The final answer was checked against the output schema.
     OutputValidated {
@@ -207,7 +301,9 @@ impl EventKind {
             EventKind::ApprovalDecided { .. } => "approval_decided",
             EventKind::ToolCallStarted { .. } => "tool_call_started",
             EventKind::ToolCallCompleted { .. } => "tool_call_completed",
+            EventKind::EgressStarted { .. } => "egress_started",
             EventKind::EgressRequest { .. } => "egress_request",
+            EventKind::EgressOmitted { .. } => "egress_omitted",
             EventKind::OutputValidated { .. } => "output_validated",
             EventKind::RunWaiting { .. } => "run_waiting",
             EventKind::RunSucceeded { .. } => "run_succeeded",
@@ -254,5 +350,33 @@ mod tests {
         let back: Event = serde_json::from_value(v).unwrap();
         assert_eq!(back, ev);
         assert_eq!(ev.kind.type_name(), "run_cancelled");
+    }
+
+    #[test]
+    fn a_long_path_and_host_are_cut_with_a_marker_and_their_length() {
+        let mut rec = EgressRecord {
+            method: "GET".into(),
+            scheme: "http".into(),
+            host: "h".repeat(300),
+            port: 80,
+            path: format!("/{}", "é".repeat(30_000)),
+            status: None,
+            bytes_sent: 0,
+            bytes_received: 0,
+            decision: EgressDecision::Denied,
+            reason: "no_rule".into(),
+            credential: None,
+            host_len: None,
+            path_len: None,
+        };
+        rec.bound();
+        assert!(rec.path.len() <= EgressRecord::MAX_PATH);
+        assert!(rec.path.ends_with(EgressRecord::CUT));
+        assert_eq!(rec.path_len, Some(60_001));
+        assert!(rec.host.len() <= EgressRecord::MAX_HOST);
+        assert_eq!(rec.host_len, Some(300));
+        let small = rec.clone();
+        rec.bound();
+        assert_eq!(rec, small, "bounding twice changes nothing");
     }
 }

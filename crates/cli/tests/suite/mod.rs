@@ -13,6 +13,7 @@ mod inject;
 mod local_run;
 mod members;
 mod provider_faults;
+mod records;
 mod run_stream;
 mod sandbox_helper;
 mod secret_leaks;

@@ -6,4 +6,5 @@ mod plain;
 mod private;
 mod request;
 mod secrets;
+mod sink;
 mod sni;

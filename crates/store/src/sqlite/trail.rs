@@ -31,24 +31,22 @@ pub(super) fn on_event(
             format!("run/{}/call/{call_id}", run.id),
             json!({"agent": run.agent, "tool": tool, "reason": reason}),
         ),
-        EventKind::EgressRequest { call_id, request }
-            if request.decision == EgressDecision::Denied =>
-        {
-            (
-                "egress.denied".to_owned(),
-                "denied",
-                format!("run/{}/call/{call_id}", run.id),
-                json!({
-                    "agent": run.agent,
-                    "method": request.method,
-                    "scheme": request.scheme,
-                    "host": request.host,
-                    "port": request.port,
-                    "path": request.path,
-                    "reason": request.reason,
-                }),
-            )
-        }
+        EventKind::EgressRequest {
+            call_id, request, ..
+        } if request.decision == EgressDecision::Denied => (
+            "egress.denied".to_owned(),
+            "denied",
+            format!("run/{}/call/{call_id}", run.id),
+            json!({
+                "agent": run.agent,
+                "method": request.method,
+                "scheme": request.scheme,
+                "host": request.host,
+                "port": request.port,
+                "path": request.path,
+                "reason": request.reason,
+            }),
+        ),
         _ if run.status.is_terminal() => (
             format!("run.{}", run.status.as_str()),
             match run.status {
