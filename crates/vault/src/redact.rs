@@ -20,8 +20,9 @@ use std::fmt;
 /// "secret" would match all over ordinary text and destroy it, and such a value protects nothing
 /// anyway. When two secrets share a value, the first one given names the replacement.
 ///
-/// The automaton holds every form of every value in memory, unzeroed; build a redactor when
-/// needed and drop it with the run.
+/// The automaton holds every form of every value in memory, unzeroed. Cloning is cheap (the
+/// automaton is shared).
+#[derive(Clone)]
 pub struct Redactor {
     matcher: SecretMatcher,
 }

@@ -28,9 +28,12 @@ use paddock_types::Scope;
 use paddock_types::manifest::validate_secret_name;
 use paddock_types::time::now_ms;
 use std::collections::hash_map::Entry;
+use std::collections::hash_map::RandomState;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use tokio::sync::RwLock;
 
 /// Largest secret value accepted, in bytes: credentials and keys, not files.
@@ -47,7 +50,16 @@ pub struct Vault {
     from_env: bool,
     /// Read-locked by every operation, write-locked by a rotation.
     master: RwLock<MasterKey>,
+    /// The last redactor built for each scope, with the fingerprint of the secret rows it was
+    /// built from (see [`Vault::redactor`]).
+    redactors: Mutex<HashMap<Scope, (u64, Redactor)>>,
+    /// Keys the fingerprints: per process and random, so nobody outside can aim for a collision.
+    fingerprint_keys: RandomState,
 }
+
+/// Scopes whose redactor is kept. Past this, the cache is emptied and fills again: it only
+/// saves building time, and a workspace that runs tools is back in it at its next call.
+const REDACTOR_CACHE_SCOPES: usize = 256;
 
 impl fmt::Debug for Vault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -151,6 +163,8 @@ impl Vault {
             data_dir: data_dir.to_owned(),
             from_env,
             master: RwLock::new(master),
+            redactors: Mutex::new(HashMap::new()),
+            fingerprint_keys: RandomState::new(),
         })
     }
 
@@ -220,13 +234,27 @@ impl Vault {
         Ok(deleted)
     }
 
-    /// A redactor for every secret of the workspace and of the scope's end-user. Fails (rather than leaving one out) if any
-    /// secret cannot be decrypted.
+    /// A redactor for every secret of the workspace and of the scope's end-user. Fails (rather
+    /// than leaving one out) if any secret cannot be decrypted.
+    ///
+    /// Building one costs time linear in the forms of every secret (about a second for 1,000
+    /// secrets), and the engine asks for one at every tool call; so the last one built for each
+    /// scope is kept and reused while the secret rows are unchanged. The check reads the rows
+    /// every time and compares a fingerprint of them (names, owners, keys, nonces, ciphertexts:
+    /// every write gives a fresh nonce), so it is exact whoever wrote the secret, this process
+    /// or another sharing the database. A master-key rotation rewraps data keys only, so the
+    /// values, and the redactor, stay the same.
     pub async fn redactor(&self, scope: &Scope) -> Result<Redactor> {
         let master = self.master.read().await;
         let secrets = self.store.all_secrets(scope).await?;
         if secrets.is_empty() {
             return Ok(Redactor::empty());
+        }
+        let fingerprint = self.fingerprint(&secrets);
+        if let Some((seen, redactor)) = self.cached_redactors().get(scope)
+            && *seen == fingerprint
+        {
+            return Ok(redactor.clone());
         }
         let keys = self.store.data_keys(scope).await?;
         let mut unwrapped: HashMap<u32, DataKey> = HashMap::new();
@@ -238,7 +266,33 @@ impl Vault {
             };
             values.push((rec.name.as_str(), open_value(dk, scope, rec)?));
         }
-        Redactor::new(values.iter().map(|(name, v)| (*name, v.expose())))
+        drop(master);
+        let built = Redactor::new(values.iter().map(|(name, v)| (*name, v.expose())))?;
+        let mut cache = self.cached_redactors();
+        if cache.len() >= REDACTOR_CACHE_SCOPES && !cache.contains_key(scope) {
+            cache.clear();
+        }
+        cache.insert(scope.clone(), (fingerprint, built.clone()));
+        Ok(built)
+    }
+
+    fn cached_redactors(&self) -> std::sync::MutexGuard<'_, HashMap<Scope, (u64, Redactor)>> {
+        // A panic while holding the lock cannot leave a wrong entry: inserts are whole.
+        self.redactors
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn fingerprint(&self, secrets: &[SecretRecord]) -> u64 {
+        let mut h = self.fingerprint_keys.build_hasher();
+        for rec in secrets {
+            rec.name.hash(&mut h);
+            rec.end_user.as_ref().map(|e| e.as_str()).hash(&mut h);
+            rec.key_id.hash(&mut h);
+            rec.nonce.hash(&mut h);
+            rec.ciphertext.hash(&mut h);
+        }
+        h.finish()
     }
 
     /// Replaces the master key: a new random key, every data key of every workspace rewrapped

@@ -105,3 +105,43 @@ async fn a_workspace_redactor_covers_its_own_secrets_only() {
     );
     assert!(!format!("{r:?}").contains("ghp_"));
 }
+
+#[tokio::test]
+async fn a_kept_redactor_follows_every_write_to_the_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, vault) = open(dir.path()).await;
+    let a = scope("org_a", "ws_a");
+    vault.put(&a, "gh", "ghp_first_value_1234").await.unwrap();
+    let first = vault.redactor(&a).await.unwrap();
+    assert_eq!(first.redact("ghp_first_value_1234"), "[REDACTED:gh]");
+
+    // A new value under the same name: the next redactor knows it, not the old one.
+    vault.put(&a, "gh", "ghp_second_value_5678").await.unwrap();
+    let second = vault.redactor(&a).await.unwrap();
+    assert_eq!(second.redact("ghp_second_value_5678"), "[REDACTED:gh]");
+    assert_eq!(
+        second.redact("ghp_first_value_1234"),
+        "ghp_first_value_1234"
+    );
+
+    // A write by another process sharing the database (another node) is seen too.
+    let other = paddock_vault::Vault::open_with(store, dir.path(), paddock_vault::KeySource::File)
+        .await
+        .unwrap();
+    other
+        .put(&a, "slack", "xoxb-third-value-9012")
+        .await
+        .unwrap();
+    let third = vault.redactor(&a).await.unwrap();
+    assert_eq!(
+        third.redact("ghp_second_value_5678 xoxb-third-value-9012"),
+        "[REDACTED:gh] [REDACTED:slack]"
+    );
+
+    vault.delete(&a, "gh").await.unwrap();
+    let fourth = vault.redactor(&a).await.unwrap();
+    assert_eq!(
+        fourth.redact("ghp_second_value_5678"),
+        "ghp_second_value_5678"
+    );
+}
