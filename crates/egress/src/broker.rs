@@ -285,6 +285,18 @@ impl Broker {
             .unwrap_or("")
             .to_owned();
         let scheme = out.scheme.as_str();
+        // Every refusal before the exchange leaves a denied record.
+        let deny = |out: &Outbound, reason: DenyReason| {
+            ctx.recorder().push(denied_record(
+                out.method.as_str(),
+                scheme,
+                &out.host,
+                out.port,
+                &path,
+                reason.as_str(),
+            ));
+            Failure::Denied(reason)
+        };
         let rule = match policy::check_request(
             ctx.rules(),
             scheme,
@@ -294,38 +306,15 @@ impl Broker {
             out.method.as_str(),
         ) {
             Verdict::Allow(i) => i,
-            Verdict::Deny(reason) => {
-                ctx.recorder().push(denied_record(
-                    out.method.as_str(),
-                    scheme,
-                    &out.host,
-                    out.port,
-                    &path,
-                    reason.as_str(),
-                ));
-                return Err(Failure::Denied(reason));
-            }
+            Verdict::Deny(reason) => return Err(deny(&out, reason)),
         };
         let inj = Injection::for_target(ctx.credentials(), scheme, &out.host, out.port);
         if !inj.is_empty() {
-            let refusal =
-                if out.scheme == Scheme::Http && !self.plaintext.allows(&out.host, out.port) {
-                    Some(DenyReason::PlaintextCredential)
-                } else if inj.placeholder_misplaced(&out.path_and_query, &out.headers) {
-                    Some(DenyReason::PlaceholderMisplaced)
-                } else {
-                    None
-                };
-            if let Some(reason) = refusal {
-                ctx.recorder().push(denied_record(
-                    out.method.as_str(),
-                    scheme,
-                    &out.host,
-                    out.port,
-                    &path,
-                    reason.as_str(),
-                ));
-                return Err(Failure::Denied(reason));
+            if out.scheme == Scheme::Http && !self.plaintext.allows(&out.host, out.port) {
+                return Err(deny(&out, DenyReason::PlaintextCredential));
+            }
+            if inj.placeholder_misplaced(&out.path_and_query, &out.headers) {
+                return Err(deny(&out, DenyReason::PlaceholderMisplaced));
             }
         }
         // Before injection: the injected credential legitimately carries a secret, and what
@@ -335,19 +324,8 @@ impl Broker {
         if let Some(scanner) = ctx.scanner() {
             match self.scan_outbound(scanner, &mut out).await {
                 Ok(flag) => tripped = flag,
-                Err(f) => {
-                    if let Failure::Denied(reason) = &f {
-                        ctx.recorder().push(denied_record(
-                            out.method.as_str(),
-                            scheme,
-                            &out.host,
-                            out.port,
-                            &path,
-                            reason.as_str(),
-                        ));
-                    }
-                    return Err(f);
-                }
+                Err(Failure::Denied(reason)) => return Err(deny(&out, reason)),
+                Err(f) => return Err(f),
             }
         }
         let record = EgressRecord {
