@@ -239,13 +239,14 @@ async fn run_tool(
     tokio::pin!(expiry);
     let ended = loop {
         tokio::select! {
-            // Requests waiting to leave go first: the call may be waiting on them.
+            // The deadline first, so a call that keeps its requests queued cannot outrun it;
+            // then requests waiting to leave: the call may be waiting on them.
             biased;
+            () = &mut expiry => break None,
             Some(forward) = forwards.recv() => {
                 journal_forward(j, &call.id, forward, egress).await?;
             }
             out = &mut exec => break Some(out),
-            () = &mut expiry => break None,
         }
     };
     // Dropping a call cut short stops its egress proxy; what its connections record from now

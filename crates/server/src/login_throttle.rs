@@ -36,6 +36,13 @@ use std::time::{Duration, Instant};
 
 /// Tracked pairs and emails before idle entries are swept (amortised, as the rate limiter).
 const SWEEP_AT: usize = 10_000;
+/// Most (email, source) pairs and emails remembered at once (roughly 100 bytes each). A flood
+/// from more sources than this within `forget_after` (many IPv6 prefixes) would otherwise grow
+/// the tables without bound; while they are full, a pair not yet known waits like a throttled
+/// one, and pairs already known (members logging in from where they did before) go on.
+const MAX_ENTRIES: usize = 500_000;
+/// What a pair not yet known is told to wait while the tables are full.
+const FULL_RETRY: Duration = Duration::from_secs(60);
 
 /// How the throttle behaves (part of [`crate::SessionSettings`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -173,6 +180,9 @@ impl LoginThrottle {
             t.emails.retain(|_, b| now.duration_since(b.last) < forget);
             t.sweep_at = 2 * (t.pairs.len() + t.emails.len());
         }
+        if t.pairs.len() + t.emails.len() >= MAX_ENTRIES && !t.pairs.contains_key(&key) {
+            return Err(FULL_RETRY);
+        }
         let budget = t.emails.entry(email.to_owned()).or_insert(Budget {
             failures: 0,
             last: now,
@@ -234,6 +244,17 @@ mod tests {
             per_source: None,
             ..ThrottleSettings::default()
         })
+    }
+
+    #[test]
+    fn full_tables_stop_new_pairs_but_not_known_ones() {
+        let t = throttle(3, 1000);
+        // Each attempt from a new email and source adds a pair and an email.
+        for i in 0..MAX_ENTRIES / 2 {
+            assert!(t.attempt(&format!("e{i}"), &format!("s{i}")).is_ok());
+        }
+        assert_eq!(t.attempt("new", "elsewhere").unwrap_err(), FULL_RETRY);
+        assert!(t.attempt("e7", "s7").is_ok());
     }
 
     #[test]
