@@ -240,3 +240,50 @@ async fn the_data_folder_is_private_and_a_shared_one_is_refused() {
         std::fs::read_to_string(&log).unwrap_or_default()
     );
 }
+
+/// The `N` of "used=N" printed by `du -sk` in a turn's output, in KiB.
+fn du_kib(output: &str) -> u64 {
+    output
+        .split("used=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no usage in {output}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fallocate_cannot_reserve_blocks_past_the_file_limit_or_the_quota() {
+    let server = server("disk_reserve_mb = 1\n").await;
+    let api = server.api();
+    let turns = [
+        // KEEP_SIZE allocates blocks without growing the file: no RLIMIT_FSIZE check at all.
+        shell(
+            "touch kept.bin; fallocate -n -l 1G kept.bin; echo rc=$?; echo used=$(du -sk . | cut -f1)",
+        ),
+        shell("fallocate -l 1G grown.bin; echo rc=$?; echo used=$(du -sk . | cut -f1)"),
+        shell(
+            "touch kept2.bin; fallocate -n -o 0 -l 200M kept2.bin; echo rc=$?; echo used=$(du -sk . | cut -f1)",
+        ),
+        // glibc's posix_fallocate falls back to writing one byte per block: RLIMIT_FSIZE stops it.
+        shell(
+            "python3 -c \"import os; fd = os.open('p.bin', os.O_CREAT | os.O_WRONLY); os.posix_fallocate(fd, 0, 1 << 30)\"; \
+             echo rc=$?; echo used=$(du -sk . | cut -f1)",
+        ),
+    ];
+    let a = attack(&api, AGENT, &turns).await;
+    for i in 0..turns.len() {
+        assert_ok(
+            &a,
+            i,
+            "fallocate (refused by the kernel filter, not by the quota)",
+        );
+        let out = a.output(i);
+        assert!(!out.contains("rc=0"), "fallocate succeeded: {out}");
+        let used = du_kib(out);
+        assert!(used < QUOTA_MB << 10, "{used} KiB allocated: {out}");
+    }
+    // EOPNOTSUPP, in util-linux's words for the keep-size mode.
+    for i in [0, 2] {
+        assert!(a.output(i).contains("unsupported"), "{}", a.output(i));
+    }
+}
