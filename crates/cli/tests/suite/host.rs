@@ -287,3 +287,57 @@ async fn fallocate_cannot_reserve_blocks_past_the_file_limit_or_the_quota() {
         assert!(a.output(i).contains("unsupported"), "{}", a.output(i));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_deeper_than_path_max_does_not_turn_the_quota_off() {
+    let server = server("disk_reserve_mb = 1\n").await;
+    let api = server.api();
+    // 20 folders of 250-character names: host paths past PATH_MAX (4096).
+    let deep = "n=$(printf 'a%.0s' $(seq 250)); for i in $(seq 20); do mkdir -p $n && cd $n || exit 1; done";
+    let turns = [
+        shell("echo small > small.txt"),
+        shell(&format!(
+            "{deep}; for i in 1 2 3 4 5 6; do head -c 7M /dev/zero > f$i.bin || break; done; echo wrote"
+        )),
+        shell(&format!(
+            "{deep}; for i in 1 2 3 4 5 6; do head -c 7M /dev/zero > g$i.bin || break; done; echo wrote"
+        )),
+        shell("rm -rf a*; echo cleaned"),
+        shell("echo ok > after.txt"),
+    ];
+    let a = attack(&api, AGENT, &turns).await;
+    assert_ok(&a, 0, "a small write");
+    let quota_error = &["workspace quota exceeded"];
+    assert_blocked(&a, 1, "filling a deep tree", quota_error);
+    let used = used_mb(a.output(1));
+    assert!(used > QUOTA_MB && used < QUOTA_MB + 512, "{used} MB");
+    // The measurement was recorded: the next call gets no fresh budget.
+    assert_blocked(&a, 2, "writing more in the deep tree", quota_error);
+    assert_ok(&a, 3, "deleting the deep tree");
+    assert_ok(&a, 4, "a small write after cleaning up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_files_count_as_over_quota() {
+    // Each empty file costs the quota's walk a visit at every check: the entry cap bounds that.
+    let server = server("disk_reserve_mb = 1\nworkspace_files = 1000\n").await;
+    let api = server.api();
+    let turns = [
+        shell("mkdir d && cd d && seq 3000 | xargs touch; echo made"),
+        shell("echo more > more.txt"),
+        shell("rm -rf d more.txt; echo cleaned"),
+        shell("echo ok > after.txt"),
+    ];
+    let a = attack(&api, AGENT, &turns).await;
+    let cap_error = &["more than 1000 files and folders"];
+    assert_blocked(&a, 0, "3,000 empty files", cap_error);
+    // The next call may only shrink the workspace.
+    assert_blocked(
+        &a,
+        1,
+        "writing more while over the cap",
+        &["quota exceeded"],
+    );
+    assert_ok(&a, 2, "deleting the files");
+    assert_ok(&a, 3, "a small write after cleaning up");
+}
