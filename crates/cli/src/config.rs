@@ -275,9 +275,9 @@ pub struct SandboxSection {
     /// check, so this bounds its cost on the server; more counts as over quota (0 = no cap).
     #[serde(default = "default_workspace_files")]
     pub workspace_files: u64,
-    /// Free space kept on the data folder's file system (workspaces and database share it) so
-    /// the database can always commit: below it, tool calls are refused and a running one is
-    /// stopped (0 = no reserve).
+    /// Free space kept on the data folder's file system (workspaces and database share it) for
+    /// the database: below it, tool calls are refused and a running one is stopped at the next
+    /// check. A polled check, not a kernel guarantee (0 = no reserve).
     #[serde(default = "default_disk_reserve_mb")]
     pub disk_reserve_mb: u64,
     /// Keep a run's workspace when it ends (under `<data_dir>/workspaces`) instead of deleting it.

@@ -355,16 +355,48 @@ mod tests {
         make_removable(dir.path()).unwrap();
     }
 
+    /// Runs the test `name` of this binary again without the capabilities that let root
+    /// read any folder, so a `chmod 000` folder is unreadable as it is for an unprivileged
+    /// server. `false` when the test should run here (not root, or already re-run).
+    fn rerun_without_dac_override(name: &str) -> bool {
+        if std::env::var_os("PADDOCK_TEST_NO_DAC").is_some() || !nix::unistd::geteuid().is_root() {
+            return false;
+        }
+        let out = std::process::Command::new("setpriv")
+            .args(["--bounding-set", "-dac_override,-dac_read_search"])
+            .arg(std::env::current_exe().unwrap())
+            .args([name, "--exact", "--nocapture"])
+            .env("PADDOCK_TEST_NO_DAC", "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("1 passed"),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        true
+    }
+
     #[test]
     fn an_unreadable_folder_is_opened_again_and_measured() {
+        if rerun_without_dac_override(
+            "disk::tests::an_unreadable_folder_is_opened_again_and_measured",
+        ) {
+            return;
+        }
         let dir = tempfile::tempdir().unwrap();
         let locked = dir.path().join("locked");
         std::fs::create_dir(&locked).unwrap();
         std::fs::write(locked.join("data"), vec![1u8; 100_000]).unwrap();
         std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
+        assert!(
+            std::fs::read_dir(&locked).is_err(),
+            "the folder is unreadable to this process"
+        );
         let u = workspace_usage(dir.path(), WalkBounds::NONE, false).unwrap();
         assert!(u.bytes >= 100_000 && u.entries == 3, "{u:?}");
-        // As root the folder was readable anyway; as its owner it now is.
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
         make_removable(dir.path()).unwrap();
         std::fs::remove_dir_all(dir.path()).unwrap();
     }

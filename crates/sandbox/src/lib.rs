@@ -101,7 +101,7 @@ pub struct Limits {
     /// The process tier lowers it to `workspace_bytes` when that is smaller.
     pub file_bytes: u64,
     /// Disk the workspace may use ([`disk::workspace_usage`]). The process tier checks it every
-    /// [`DISK_CHECK_PERIOD`] during the execution and kills the sandbox when it is over
+    /// [`DISK_CHECK_PERIOD`] (or ten times the last walk, if longer) during the execution and kills the sandbox when it is over
     /// ([`ExecOutput::disk_stop`]), then measures once more at the end
     /// ([`ExecOutput::workspace_usage`]). 0: no quota. A workspace the walk cannot measure
     /// counts as over its quota ([`DiskStop::Unmeasurable`]).
