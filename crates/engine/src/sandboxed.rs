@@ -57,7 +57,16 @@ pub struct DiskQuota {
 }
 
 /// Each running run's share of its tenant's disk total, by tenant.
-type UsageTable = Arc<std::sync::Mutex<HashMap<String, HashMap<RunId, u64>>>>;
+type UsageTable = Arc<std::sync::Mutex<HashMap<String, HashMap<RunId, Share>>>>;
+
+/// A run's share of its tenant's total.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Share {
+    bytes: u64,
+    /// `bytes` was measured after a call (or recorded as over budget); otherwise it is a
+    /// reservation, and the run's next call measures its workspace again.
+    measured: bool,
+}
 
 /// Reserves what a run's workspace may hold during a call, given it uses `used` now: its own
 /// quota, or what the tenant total leaves it after the others' usage and reservations,
@@ -82,10 +91,13 @@ fn reserve(
         (a, b) => a.or(b)?,
     };
     let reserved = budget.max(used);
-    usage
-        .entry(tenant.clone())
-        .or_default()
-        .insert(run_id.clone(), reserved);
+    usage.entry(tenant.clone()).or_default().insert(
+        run_id.clone(),
+        Share {
+            bytes: reserved,
+            measured: false,
+        },
+    );
     Some((
         budget,
         Reservation {
@@ -111,16 +123,19 @@ struct Reservation {
 
 impl Reservation {
     fn settle(mut self, bytes: u64) {
-        self.set(bytes);
+        self.set(Share {
+            bytes,
+            measured: true,
+        });
         self.settled = true;
     }
 
-    fn set(&self, bytes: u64) {
+    fn set(&self, share: Share) {
         if let Ok(mut usage) = self.usage.lock() {
             usage
                 .entry(self.tenant.clone())
                 .or_default()
-                .insert(self.run_id.clone(), bytes);
+                .insert(self.run_id.clone(), share);
         }
     }
 }
@@ -128,7 +143,10 @@ impl Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         if !self.settled {
-            self.set(self.reserved);
+            self.set(Share {
+                bytes: self.reserved,
+                measured: false,
+            });
         }
     }
 }
@@ -174,7 +192,7 @@ impl SandboxTools {
 
     /// What the tenant's other running runs use or have reserved.
     fn others_usage(
-        usage: &HashMap<String, HashMap<RunId, u64>>,
+        usage: &HashMap<String, HashMap<RunId, Share>>,
         tenant: &str,
         run_id: &RunId,
     ) -> u64 {
@@ -183,14 +201,15 @@ impl SandboxTools {
             .map(|runs| {
                 runs.iter()
                     .filter(|(id, _)| *id != run_id)
-                    .fold(0u64, |sum, (_, bytes)| sum.saturating_add(*bytes))
+                    .fold(0u64, |sum, (_, share)| sum.saturating_add(share.bytes))
             })
             .unwrap_or(0)
     }
 
     fn cached_usage(&self, scope: &Scope, run_id: &RunId) -> Option<u64> {
         let usage = self.usage.lock().ok()?;
-        usage.get(&Self::tenant_key(scope))?.get(run_id).copied()
+        let share = usage.get(&Self::tenant_key(scope))?.get(run_id)?;
+        share.measured.then_some(share.bytes)
     }
 
     /// [`reserve`] in this executor's table.
@@ -750,7 +769,7 @@ mod tests {
             .lock()
             .unwrap()
             .get("t")
-            .and_then(|runs| runs.get(id).copied())
+            .and_then(|runs| runs.get(id).map(|share| share.bytes))
     }
 
     #[test]
@@ -776,6 +795,12 @@ mod tests {
             Some(16 * MB),
             "dropped unsettled: still counted"
         );
+        let measured = |id: &RunId| table.lock().unwrap()["t"][id].measured;
+        assert!(
+            measured(&run[1]),
+            "settled: the next call starts from the measurement"
+        );
+        assert!(!measured(&run[2]), "dropped: the next call measures again");
         let (again, _held) = reserve(&table, &disk, "t".into(), &run[4], 0).unwrap();
         assert_eq!(
             again,
