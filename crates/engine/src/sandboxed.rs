@@ -69,8 +69,8 @@ struct Share {
 }
 
 /// Reserves what a run's workspace may hold during a call, given it uses `used` now: its own
-/// quota, or what the tenant total leaves it after the others' usage and reservations,
-/// whichever is smaller (never below `used`: a run over it may only shrink). Taken under the
+/// quota, or its usage plus half of what the tenant total leaves after the others' usage and
+/// reservations, whichever is smaller (never below `used`: a run over it may only shrink). Taken under the
 /// lock, so two calls of one tenant cannot both be granted the same room. Returns the budget
 /// (`None` without either limit, or with the table poisoned).
 fn reserve(
@@ -82,9 +82,17 @@ fn reserve(
 ) -> Option<(u64, Reservation)> {
     let own = (disk.workspace_bytes > 0).then_some(disk.workspace_bytes);
     let mut usage = table.lock().ok()?;
+    // Of what the tenant has left beyond this run's usage, a call takes at most half: the
+    // grants of concurrent calls never add up past the total, and a later call still gets
+    // room (less of it) instead of nothing.
     let total = (disk.tenant_bytes > 0).then(|| {
-        disk.tenant_bytes
-            .saturating_sub(SandboxTools::others_usage(&usage, &tenant, run_id))
+        let free = disk
+            .tenant_bytes
+            .saturating_sub(SandboxTools::others_usage(&usage, &tenant, run_id));
+        match free.checked_sub(used) {
+            Some(left) => used + left / 2,
+            None => free,
+        }
     });
     let budget = match (own, total) {
         (Some(a), Some(b)) => a.min(b),
@@ -105,6 +113,7 @@ fn reserve(
             tenant,
             run_id: run_id.clone(),
             reserved,
+            by_total: own.is_none_or(|own| budget < own),
             settled: false,
         },
     ))
@@ -118,6 +127,8 @@ struct Reservation {
     tenant: String,
     run_id: RunId,
     reserved: u64,
+    /// The budget came from the tenant total, not the run's own quota.
+    by_total: bool,
     settled: bool,
 }
 
@@ -334,14 +345,25 @@ impl SandboxTools {
             reservation.settle(over_budget);
             return Err(DiskStop::Entries { entries, max: cap }.to_string());
         }
+        let (by_total, share) = (reservation.by_total, reservation.reserved);
         reservation.settle(used);
-        if quota > 0 && used > quota {
-            return Err(DiskStop::Quota { used, quota }.to_string());
-        }
         let others = match self.usage.lock() {
             Ok(usage) => Self::others_usage(&usage, &Self::tenant_key(scope), run_id),
             Err(_) => 0,
         };
+        // The tenant total set this call's limit: say so, not the run's own quota.
+        if tenant > 0 && by_total && used > share {
+            return Err(format!(
+                "workspace disk total exceeded: this call's share of the tenant's {} MB was {} MB (its other running runs use or have reserved {} MB) and the workspace reached {} MB; delete files to continue",
+                disk::megabytes(tenant),
+                disk::megabytes(share),
+                disk::megabytes(others),
+                disk::megabytes(used)
+            ));
+        }
+        if quota > 0 && used > quota {
+            return Err(DiskStop::Quota { used, quota }.to_string());
+        }
         if tenant > 0 && others.saturating_add(used) > tenant {
             return Err(format!(
                 "workspace disk total exceeded: this tenant's running runs use or have reserved {} MB of {} MB ({} MB in this run); delete files to continue",
@@ -758,7 +780,7 @@ mod tests {
     fn quota() -> DiskQuota {
         DiskQuota {
             workspace_bytes: 32 * MB,
-            tenant_bytes: 48 * MB,
+            tenant_bytes: 64 * MB,
             reserve_bytes: 0,
             workspace_entries: 0,
         }
@@ -777,50 +799,66 @@ mod tests {
         let table = UsageTable::default();
         let disk = quota();
         let run: Vec<RunId> = (0..5).map(|_| RunId::new()).collect();
-        // Two calls in flight at once, each starting from an empty workspace.
-        let (a, held_a) = reserve(&table, &disk, "t".into(), &run[1], 0).unwrap();
-        let (b, held_b) = reserve(&table, &disk, "t".into(), &run[2], 0).unwrap();
-        assert_eq!(a, 32 * MB, "the first gets its own quota");
-        assert_eq!(b, 16 * MB, "the second gets what the total leaves");
-        assert!(a + b <= disk.tenant_bytes);
-        // A third finds nothing left.
-        let (c, _held_c) = reserve(&table, &disk, "t".into(), &run[3], 0).unwrap();
-        assert_eq!(c, 0);
+        // Three calls in flight at once, each starting from an empty workspace: each gets at
+        // most half of what the tenant has left.
+        let (a, held_a) = reserve(&table, &disk, "t".into(), &run[0], 0).unwrap();
+        let (b, held_b) = reserve(&table, &disk, "t".into(), &run[1], 0).unwrap();
+        let (c, _held_c) = reserve(&table, &disk, "t".into(), &run[2], 0).unwrap();
+        assert_eq!((a, b, c), (32 * MB, 16 * MB, 8 * MB));
+        assert!(a + b + c <= disk.tenant_bytes);
         // Settling replaces a reservation with the measurement, freeing the rest.
         held_a.settle(4 * MB);
-        assert_eq!(share(&table, &run[1]), Some(4 * MB));
+        assert_eq!(share(&table, &run[0]), Some(4 * MB));
         drop(held_b);
         assert_eq!(
-            share(&table, &run[2]),
+            share(&table, &run[1]),
             Some(16 * MB),
             "dropped unsettled: still counted"
         );
         let measured = |id: &RunId| table.lock().unwrap()["t"][id].measured;
         assert!(
-            measured(&run[1]),
+            measured(&run[0]),
             "settled: the next call starts from the measurement"
         );
-        assert!(!measured(&run[2]), "dropped: the next call measures again");
-        let (again, _held) = reserve(&table, &disk, "t".into(), &run[4], 0).unwrap();
-        assert_eq!(
-            again,
-            28 * MB,
-            "48 - 4 (measured) - 16 (dropped) - 0 (run 3, empty)"
-        );
+        assert!(!measured(&run[1]), "dropped: the next call measures again");
+        let (again, _held) = reserve(&table, &disk, "t".into(), &run[3], 0).unwrap();
+        assert_eq!(again, 18 * MB, "(64 - 4 - 16 - 8) / 2");
         // Another tenant is untouched.
-        let (other, _held) = reserve(&table, &disk, "u".into(), &run[1], 0).unwrap();
+        let (other, _held) = reserve(&table, &disk, "u".into(), &run[0], 0).unwrap();
         assert_eq!(other, 32 * MB);
+    }
+
+    #[test]
+    fn many_concurrent_calls_all_get_room_and_never_more_than_the_total() {
+        let table = UsageTable::default();
+        let disk = DiskQuota {
+            workspace_bytes: 1 << 30,
+            tenant_bytes: 10 << 30,
+            reserve_bytes: 0,
+            workspace_entries: 0,
+        };
+        let mut held = Vec::new();
+        let mut granted = 0u64;
+        for _ in 0..20 {
+            let (budget, reservation) =
+                reserve(&table, &disk, "t".into(), &RunId::new(), 0).unwrap();
+            // The 20th still has room for small files (512 KiB of a 10 GiB total).
+            assert!(budget >= 512 << 10, "{budget}");
+            granted += budget;
+            held.push(reservation);
+        }
+        assert!(granted <= disk.tenant_bytes, "{granted}");
     }
 
     #[test]
     fn a_run_over_its_budget_reserves_what_it_uses() {
         let table = UsageTable::default();
         let run: Vec<RunId> = (0..3).map(|_| RunId::new()).collect();
-        let (budget, held) = reserve(&table, &quota(), "t".into(), &run[1], 40 * MB).unwrap();
+        let (budget, held) = reserve(&table, &quota(), "t".into(), &run[0], 40 * MB).unwrap();
         assert_eq!(budget, 32 * MB);
         assert_eq!(held.reserved, 40 * MB);
         drop(held);
-        let (other, _held) = reserve(&table, &quota(), "t".into(), &run[2], 0).unwrap();
-        assert_eq!(other, 8 * MB);
+        let (other, _held) = reserve(&table, &quota(), "t".into(), &run[1], 0).unwrap();
+        assert_eq!(other, 12 * MB);
     }
 }

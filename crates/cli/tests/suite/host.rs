@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 const AGENT: &str = "filler";
 const QUOTA_MB: u64 = 32;
-const TENANT_MB: u64 = 48;
+/// Twice the run's quota: a call takes at most half of what its tenant has left, so a lone run
+/// gets its whole quota.
+const TENANT_MB: u64 = 64;
 
 /// A scripted agent with the built-in tools; `list_files` needs an approval, so a run can be
 /// parked (alive, holding its workspace) on it.
@@ -133,9 +135,10 @@ async fn a_second_run_over_the_tenant_total_is_refused() {
         .unwrap();
     assert_eq!(call["is_error"], false, "{call}");
 
-    // Run B of the same tenant: 28 MB more is within its own 32 MB quota, over the 48 MB total.
+    // Run B of the same tenant: 35 MB more is over its own 32 MB quota, and far over its share
+    // of what the 64 MB total leaves (half of 36 MB).
     let turns = [
-        shell("for i in 1 2 3 4; do head -c 7M /dev/zero > b$i.bin || break; done; echo wrote"),
+        shell("for i in 1 2 3 4 5; do head -c 7M /dev/zero > b$i.bin || break; done; echo wrote"),
         shell("rm -f b*.bin; echo cleaned"),
     ];
     let id = launch(&api, AGENT, &turns).await;
