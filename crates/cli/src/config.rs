@@ -271,9 +271,13 @@ pub struct SandboxSection {
     /// (0 = no total).
     #[serde(default = "default_tenant_workspace_mb")]
     pub tenant_workspace_mb: u64,
-    /// Free space kept on the data folder's file system (workspaces and database share it) so
-    /// the database can always commit: below it, tool calls are refused and a running one is
-    /// stopped (0 = no reserve).
+    /// Files and folders one run's workspace may hold: the quota's walk visits each at every
+    /// check, so this bounds its cost on the server; more counts as over quota (0 = no cap).
+    #[serde(default = "default_workspace_files")]
+    pub workspace_files: u64,
+    /// Free space kept on the data folder's file system (workspaces and database share it) for
+    /// the database: below it, tool calls are refused and a running one is stopped at the next
+    /// check. A polled check, not a kernel guarantee (0 = no reserve).
     #[serde(default = "default_disk_reserve_mb")]
     pub disk_reserve_mb: u64,
     /// Keep a run's workspace when it ends (under `<data_dir>/workspaces`) instead of deleting it.
@@ -311,6 +315,9 @@ fn default_workspace_mb() -> u64 {
 fn default_tenant_workspace_mb() -> u64 {
     10 * 1024
 }
+fn default_workspace_files() -> u64 {
+    100_000
+}
 fn default_disk_reserve_mb() -> u64 {
     512
 }
@@ -328,6 +335,7 @@ impl Default for SandboxSection {
             file_mb: default_file_mb(),
             workspace_mb: default_workspace_mb(),
             tenant_workspace_mb: default_tenant_workspace_mb(),
+            workspace_files: default_workspace_files(),
             disk_reserve_mb: default_disk_reserve_mb(),
             keep_workspaces: false,
         }

@@ -96,6 +96,7 @@ pub async fn open_runtime(
                     workspace_bytes: sandbox.workspace_mb << 20,
                     tenant_bytes: sandbox.tenant_workspace_mb << 20,
                     reserve_bytes: sandbox.disk_reserve_mb << 20,
+                    workspace_entries: sandbox.workspace_files,
                 }),
             )
         }

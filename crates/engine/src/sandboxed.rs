@@ -35,9 +35,10 @@ pub struct SandboxTools {
     /// The `none` tier has no isolation to keep file tools in: they run in-process.
     host_files: WorkspaceTools,
     disk: DiskQuota,
-    /// The last measured usage of each running run's workspace, by tenant workspace, for the
-    /// tenant total. Filled by each run's calls (after a restart, by its first call).
-    usage: std::sync::Mutex<HashMap<String, HashMap<RunId, u64>>>,
+    /// Each running run's share of its tenant's total, by tenant workspace: while a call runs,
+    /// what it may grow to (reserved before the call); between calls, its last measured usage
+    /// (settled after). Filled by each run's calls (after a restart, by its first call).
+    usage: UsageTable,
 }
 
 /// Disk limits of tool calls, checked before each call, watched during it by the process tier
@@ -49,8 +50,116 @@ pub struct DiskQuota {
     /// The workspaces of all running runs of one tenant workspace together.
     pub tenant_bytes: u64,
     /// Free space kept on the workspaces' file system (the data folder's, which holds the
-    /// database) so the database can always commit.
+    /// database), checked before each call and polled during it.
     pub reserve_bytes: u64,
+    /// Files and folders one run's workspace may hold (0: no cap).
+    pub workspace_entries: u64,
+}
+
+/// Each running run's share of its tenant's disk total, by tenant.
+type UsageTable = Arc<std::sync::Mutex<HashMap<String, HashMap<RunId, Share>>>>;
+
+/// A run's share of its tenant's total.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Share {
+    bytes: u64,
+    /// `bytes` was measured after a call (or recorded as over budget); otherwise it is a
+    /// reservation, and the run's next call measures its workspace again.
+    measured: bool,
+}
+
+/// Reserves what a run's workspace may hold during a call, given it uses `used` now: its own
+/// quota, or its usage plus half of what the tenant total leaves after the others' usage and
+/// reservations, whichever is smaller (never below `used`: a run over it may only shrink). Taken under the
+/// lock, so two calls of one tenant cannot both be granted the same room. Returns the budget
+/// (`None` without either limit, or with the table poisoned).
+fn reserve(
+    table: &UsageTable,
+    disk: &DiskQuota,
+    tenant: String,
+    run_id: &RunId,
+    used: u64,
+) -> Option<(u64, Reservation)> {
+    let own = (disk.workspace_bytes > 0).then_some(disk.workspace_bytes);
+    let mut usage = table.lock().ok()?;
+    // Of what the tenant has left beyond this run's usage, a call takes at most half: the
+    // grants of concurrent calls never add up past the total, and a later call still gets
+    // room (less of it) instead of nothing.
+    let total = (disk.tenant_bytes > 0).then(|| {
+        let free = disk
+            .tenant_bytes
+            .saturating_sub(SandboxTools::others_usage(&usage, &tenant, run_id));
+        match free.checked_sub(used) {
+            Some(left) => used + left / 2,
+            None => free,
+        }
+    });
+    let budget = match (own, total) {
+        (Some(a), Some(b)) => a.min(b),
+        (a, b) => a.or(b)?,
+    };
+    let reserved = budget.max(used);
+    usage.entry(tenant.clone()).or_default().insert(
+        run_id.clone(),
+        Share {
+            bytes: reserved,
+            measured: false,
+        },
+    );
+    Some((
+        budget,
+        Reservation {
+            usage: Arc::clone(table),
+            tenant,
+            run_id: run_id.clone(),
+            reserved,
+            by_total: own.is_none_or(|own| budget < own),
+            settled: false,
+        },
+    ))
+}
+
+/// A call's reservation of its tenant's disk total: settles to the measured usage, or, when
+/// dropped unsettled (an error path, a dropped future), to the whole reservation, so what the
+/// call may have written stays counted until a later call measures it.
+struct Reservation {
+    usage: UsageTable,
+    tenant: String,
+    run_id: RunId,
+    reserved: u64,
+    /// The budget came from the tenant total, not the run's own quota.
+    by_total: bool,
+    settled: bool,
+}
+
+impl Reservation {
+    fn settle(mut self, bytes: u64) {
+        self.set(Share {
+            bytes,
+            measured: true,
+        });
+        self.settled = true;
+    }
+
+    fn set(&self, share: Share) {
+        if let Ok(mut usage) = self.usage.lock() {
+            usage
+                .entry(self.tenant.clone())
+                .or_default()
+                .insert(self.run_id.clone(), share);
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.set(Share {
+                bytes: self.reserved,
+                measured: false,
+            });
+        }
+    }
 }
 
 impl SandboxTools {
@@ -78,7 +187,7 @@ impl SandboxTools {
             keep_workspaces,
             ca_bundle,
             disk: DiskQuota::default(),
-            usage: std::sync::Mutex::new(HashMap::new()),
+            usage: Arc::new(std::sync::Mutex::new(HashMap::new())),
         }
     }
 
@@ -92,61 +201,50 @@ impl SandboxTools {
         format!("{}/{}", scope.org, scope.workspace)
     }
 
-    /// What the tenant's other running runs use, as last measured.
-    fn others_usage(&self, scope: &Scope, run_id: &RunId) -> u64 {
-        let Ok(usage) = self.usage.lock() else {
-            return 0;
-        };
+    /// What the tenant's other running runs use or have reserved.
+    fn others_usage(
+        usage: &HashMap<String, HashMap<RunId, Share>>,
+        tenant: &str,
+        run_id: &RunId,
+    ) -> u64 {
         usage
-            .get(&Self::tenant_key(scope))
+            .get(tenant)
             .map(|runs| {
                 runs.iter()
                     .filter(|(id, _)| *id != run_id)
-                    .map(|(_, bytes)| *bytes)
-                    .sum()
+                    .fold(0u64, |sum, (_, share)| sum.saturating_add(share.bytes))
             })
             .unwrap_or(0)
     }
 
-    fn record_usage(&self, scope: &Scope, run_id: &RunId, bytes: u64) {
-        if let Ok(mut usage) = self.usage.lock() {
-            usage
-                .entry(Self::tenant_key(scope))
-                .or_default()
-                .insert(run_id.clone(), bytes);
-        }
-    }
-
     fn cached_usage(&self, scope: &Scope, run_id: &RunId) -> Option<u64> {
         let usage = self.usage.lock().ok()?;
-        usage.get(&Self::tenant_key(scope))?.get(run_id).copied()
+        let share = usage.get(&Self::tenant_key(scope))?.get(run_id)?;
+        share.measured.then_some(share.bytes)
     }
 
-    /// The most this run's workspace may hold now: its own quota, or what the tenant total
-    /// leaves it. `None` without either limit.
-    fn budget(&self, scope: &Scope, run_id: &RunId) -> Option<u64> {
-        let own = (self.disk.workspace_bytes > 0).then_some(self.disk.workspace_bytes);
-        let tenant = (self.disk.tenant_bytes > 0).then(|| {
-            self.disk
-                .tenant_bytes
-                .saturating_sub(self.others_usage(scope, run_id))
-        });
-        match (own, tenant) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+    /// [`reserve`] in this executor's table.
+    fn reserve(&self, scope: &Scope, run_id: &RunId, used: u64) -> Option<(u64, Reservation)> {
+        reserve(
+            &self.usage,
+            &self.disk,
+            Self::tenant_key(scope),
+            run_id,
+            used,
+        )
     }
 
     /// Before a call: refuses it when the disk is under the reserve, and sets the call's disk
-    /// limits. A run at or over its budget gets a call that can only shrink its workspace
-    /// (no file may grow, growth kills the sandbox), so the model can still delete files.
+    /// limits, reserving the call's room in the tenant total (settled by [`Self::disk_after`]).
+    /// A run at or over its budget gets a call that can only shrink its workspace (no file may
+    /// grow, growth kills the sandbox), so the model can still delete files.
     async fn disk_before(
         &self,
         scope: &Scope,
         run_id: &RunId,
         workspace: &Path,
         limits: &mut Limits,
-    ) -> Result<(), String> {
+    ) -> Result<Option<Reservation>, String> {
         let reserve = self.disk.reserve_bytes;
         if reserve > 0 {
             // The workspace may not exist yet; its root is on the same file system.
@@ -161,72 +259,115 @@ impl SandboxTools {
             }
             limits.disk_reserve_bytes = reserve;
         }
-        let Some(budget) = self.budget(scope, run_id) else {
+        if self.disk.workspace_bytes == 0 && self.disk.tenant_bytes == 0 {
             limits.workspace_bytes = 0;
-            return Ok(());
-        };
+            return Ok(None);
+        }
         let used = match self.cached_usage(scope, run_id) {
             Some(bytes) => bytes,
             None => {
                 let ws = workspace.to_path_buf();
-                let bytes = blocking(move || disk::workspace_usage(&ws, budget, false))
-                    .await?
-                    .bytes;
-                self.record_usage(scope, run_id, bytes);
-                bytes
+                let (quota, entries) = (self.disk.workspace_bytes, self.disk.workspace_entries);
+                // A workspace that cannot be measured counts as full: the call may only shrink it.
+                match blocking(move || Ok(disk::check_quota(&ws, quota, entries, false))).await? {
+                    Ok(usage) => usage.bytes,
+                    Err(DiskStop::Quota { used, .. }) => used,
+                    Err(_) => u64::MAX,
+                }
             }
+        };
+        let Some((budget, reservation)) = self.reserve(scope, run_id, used) else {
+            return Err("disk check failed: the usage table is unavailable; retry the call".into());
         };
         if used >= budget {
             limits.workspace_bytes = used.max(1);
             limits.file_bytes = 0;
+            // Only deletions may run: the byte bound keeps the walk bounded.
+            limits.workspace_entries = 0;
         } else {
             limits.workspace_bytes = budget;
             limits.file_bytes = limits.file_bytes.min(budget - used);
+            limits.workspace_entries = self.disk.workspace_entries;
         }
-        Ok(())
+        Ok(Some(reservation))
     }
 
-    /// After a call: records the workspace's usage and fails the call when it is over the
-    /// run's quota or the tenant's total (or the sandbox was stopped for the disk).
+    /// After a call: settles its reservation to the workspace's measured usage and fails the
+    /// call when it is over the run's quota or the tenant's total (or the sandbox was stopped
+    /// for the disk). A workspace that cannot be measured, or holds too many entries, stays
+    /// counted as over its budget so the next call may only shrink it.
     async fn disk_after(
         &self,
         scope: &Scope,
         run_id: &RunId,
         workspace: &Path,
         out: &ExecOutput,
+        reservation: Option<Reservation>,
     ) -> Result<(), String> {
         let quota = self.disk.workspace_bytes;
         let tenant = self.disk.tenant_bytes;
-        if quota == 0 && tenant == 0 {
+        let Some(reservation) = reservation else {
             if let Some(stop) = out.disk_stop {
                 return Err(stop.to_string());
             }
             return Ok(());
+        };
+        let over_budget = reservation.reserved.saturating_add(1);
+        if let Some(stop @ (DiskStop::Entries { .. } | DiskStop::Unmeasurable { .. })) =
+            out.disk_stop
+        {
+            reservation.settle(over_budget);
+            return Err(stop.to_string());
         }
         // A precise figure for the message: walk again if the sandbox's walk stopped early.
-        let bound = quota.max(tenant).saturating_mul(4);
-        let used = match out.workspace_usage {
+        let cap = self.disk.workspace_entries;
+        let (used, entries) = match out.workspace_usage {
             Some(DiskUsage {
                 bytes,
+                entries,
                 partial: false,
-                ..
-            }) => bytes,
+            }) => (bytes, entries),
             _ => {
                 let ws = workspace.to_path_buf();
-                blocking(move || disk::workspace_usage(&ws, bound, false))
-                    .await?
-                    .bytes
+                let bound = quota.max(tenant).saturating_mul(4);
+                match blocking(move || Ok(disk::check_quota(&ws, bound, cap, false))).await? {
+                    Ok(usage) => (usage.bytes, usage.entries),
+                    Err(DiskStop::Quota { used, .. }) => (used, 0),
+                    Err(stop) => {
+                        reservation.settle(over_budget);
+                        return Err(stop.to_string());
+                    }
+                }
             }
         };
-        self.record_usage(scope, run_id, used);
+        // A call that may only shrink the workspace is not walked with the cap: check it here.
+        if cap > 0 && entries > cap {
+            reservation.settle(over_budget);
+            return Err(DiskStop::Entries { entries, max: cap }.to_string());
+        }
+        let (by_total, share) = (reservation.by_total, reservation.reserved);
+        reservation.settle(used);
+        let others = match self.usage.lock() {
+            Ok(usage) => Self::others_usage(&usage, &Self::tenant_key(scope), run_id),
+            Err(_) => 0,
+        };
+        // The tenant total set this call's limit: say so, not the run's own quota.
+        if tenant > 0 && by_total && used > share {
+            return Err(format!(
+                "workspace disk total exceeded: this call's share of the tenant's {} MB was {} MB (its other running runs use or have reserved {} MB) and the workspace reached {} MB; delete files to continue",
+                disk::megabytes(tenant),
+                disk::megabytes(share),
+                disk::megabytes(others),
+                disk::megabytes(used)
+            ));
+        }
         if quota > 0 && used > quota {
             return Err(DiskStop::Quota { used, quota }.to_string());
         }
-        let others = self.others_usage(scope, run_id);
-        if tenant > 0 && others + used > tenant {
+        if tenant > 0 && others.saturating_add(used) > tenant {
             return Err(format!(
-                "workspace disk total exceeded: this tenant's running runs use {} MB of {} MB ({} MB in this run); delete files to continue",
-                disk::megabytes(others + used),
+                "workspace disk total exceeded: this tenant's running runs use or have reserved {} MB of {} MB ({} MB in this run); delete files to continue",
+                disk::megabytes(others.saturating_add(used)),
                 disk::megabytes(tenant),
                 disk::megabytes(used)
             ));
@@ -279,7 +420,10 @@ impl SandboxTools {
     ) -> Result<ExecOutput, String> {
         let workspace = self.host_files.workspace(run_id);
         let mut limits = limits;
-        self.disk_before(scope, run_id, &workspace, &mut limits)
+        // Held across the call: if this future is dropped (the run's deadline), the reservation
+        // stays counted until a later call measures the workspace.
+        let reservation = self
+            .disk_before(scope, run_id, &workspace, &mut limits)
             .await?;
         let mut spec = ExecSpec::new(&workspace, argv);
         spec.stdin = stdin;
@@ -323,7 +467,10 @@ impl SandboxTools {
         }
         let out = out.map_err(|e| format!("sandbox error: {e}"))?;
         // The model sees what the call printed too, to know what it wrote.
-        if let Err(e) = self.disk_after(scope, run_id, &workspace, &out).await {
+        if let Err(e) = self
+            .disk_after(scope, run_id, &workspace, &out, reservation)
+            .await
+        {
             return Err(format!("{e}\n{}", shell_report(&out)));
         }
         Ok(out)
@@ -550,9 +697,16 @@ impl ToolExecutor for SandboxTools {
 
 async fn remove_workspace(ws: &Path) -> std::io::Result<()> {
     let ws = ws.to_owned();
-    tokio::task::spawn_blocking(move || std::fs::remove_dir_all(ws))
-        .await
-        .map_err(std::io::Error::other)?
+    tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&ws) {
+        // A folder the sandbox made unreadable (`chmod 000`): give the owner access back.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            disk::make_removable(&ws)?;
+            std::fs::remove_dir_all(&ws)
+        }
+        done => done,
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 /// Runs blocking file-system work off the async threads.
@@ -614,4 +768,97 @@ fn shell_report(out: &ExecOutput) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const MB: u64 = 1 << 20;
+
+    fn quota() -> DiskQuota {
+        DiskQuota {
+            workspace_bytes: 32 * MB,
+            tenant_bytes: 64 * MB,
+            reserve_bytes: 0,
+            workspace_entries: 0,
+        }
+    }
+
+    fn share(table: &UsageTable, id: &RunId) -> Option<u64> {
+        table
+            .lock()
+            .unwrap()
+            .get("t")
+            .and_then(|runs| runs.get(id).map(|share| share.bytes))
+    }
+
+    #[test]
+    fn concurrent_calls_of_one_tenant_cannot_be_granted_the_same_room() {
+        let table = UsageTable::default();
+        let disk = quota();
+        let run: Vec<RunId> = (0..5).map(|_| RunId::new()).collect();
+        // Three calls in flight at once, each starting from an empty workspace: each gets at
+        // most half of what the tenant has left.
+        let (a, held_a) = reserve(&table, &disk, "t".into(), &run[0], 0).unwrap();
+        let (b, held_b) = reserve(&table, &disk, "t".into(), &run[1], 0).unwrap();
+        let (c, _held_c) = reserve(&table, &disk, "t".into(), &run[2], 0).unwrap();
+        assert_eq!((a, b, c), (32 * MB, 16 * MB, 8 * MB));
+        assert!(a + b + c <= disk.tenant_bytes);
+        // Settling replaces a reservation with the measurement, freeing the rest.
+        held_a.settle(4 * MB);
+        assert_eq!(share(&table, &run[0]), Some(4 * MB));
+        drop(held_b);
+        assert_eq!(
+            share(&table, &run[1]),
+            Some(16 * MB),
+            "dropped unsettled: still counted"
+        );
+        let measured = |id: &RunId| table.lock().unwrap()["t"][id].measured;
+        assert!(
+            measured(&run[0]),
+            "settled: the next call starts from the measurement"
+        );
+        assert!(!measured(&run[1]), "dropped: the next call measures again");
+        let (again, _held) = reserve(&table, &disk, "t".into(), &run[3], 0).unwrap();
+        assert_eq!(again, 18 * MB, "(64 - 4 - 16 - 8) / 2");
+        // Another tenant is untouched.
+        let (other, _held) = reserve(&table, &disk, "u".into(), &run[0], 0).unwrap();
+        assert_eq!(other, 32 * MB);
+    }
+
+    #[test]
+    fn many_concurrent_calls_all_get_room_and_never_more_than_the_total() {
+        let table = UsageTable::default();
+        let disk = DiskQuota {
+            workspace_bytes: 1 << 30,
+            tenant_bytes: 10 << 30,
+            reserve_bytes: 0,
+            workspace_entries: 0,
+        };
+        let mut held = Vec::new();
+        let mut granted = 0u64;
+        for _ in 0..20 {
+            let (budget, reservation) =
+                reserve(&table, &disk, "t".into(), &RunId::new(), 0).unwrap();
+            // The 20th still has room for small files (512 KiB of a 10 GiB total).
+            assert!(budget >= 512 << 10, "{budget}");
+            granted += budget;
+            held.push(reservation);
+        }
+        assert!(granted <= disk.tenant_bytes, "{granted}");
+    }
+
+    #[test]
+    fn a_run_over_its_budget_reserves_what_it_uses() {
+        let table = UsageTable::default();
+        let run: Vec<RunId> = (0..3).map(|_| RunId::new()).collect();
+        let (budget, held) = reserve(&table, &quota(), "t".into(), &run[0], 40 * MB).unwrap();
+        assert_eq!(budget, 32 * MB);
+        assert_eq!(held.reserved, 40 * MB);
+        drop(held);
+        let (other, _held) = reserve(&table, &quota(), "t".into(), &run[1], 0).unwrap();
+        assert_eq!(other, 12 * MB);
+    }
 }

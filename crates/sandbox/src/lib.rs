@@ -101,16 +101,23 @@ pub struct Limits {
     /// The process tier lowers it to `workspace_bytes` when that is smaller.
     pub file_bytes: u64,
     /// Disk the workspace may use ([`disk::workspace_usage`]). The process tier checks it every
-    /// [`DISK_CHECK_PERIOD`] during the execution and kills the sandbox when it is over
+    /// [`DISK_CHECK_PERIOD`] (or ten times the last walk, if longer) during the execution and kills the sandbox when it is over
     /// ([`ExecOutput::disk_stop`]), then measures once more at the end
-    /// ([`ExecOutput::workspace_usage`]). 0: no quota.
+    /// ([`ExecOutput::workspace_usage`]). 0: no quota. A workspace the walk cannot measure
+    /// counts as over its quota ([`DiskStop::Unmeasurable`]).
     pub workspace_bytes: u64,
+    /// Files and folders the workspace may hold: the quota's walk visits each of them at every
+    /// check, so this bounds its cost on the server. More counts as over quota
+    /// ([`DiskStop::Entries`]). 0: no cap (the byte quota still bounds the walk).
+    pub workspace_entries: u64,
     /// Free space to keep on the workspace's file system: the process tier kills the sandbox
     /// when a periodic check finds less. 0: no reserve.
     pub disk_reserve_bytes: u64,
 }
 
-/// How often the process tier checks a running execution's workspace and free disk space.
+/// How often, at least, the process tier checks a running execution's workspace and free disk
+/// space; a walk that takes longer spaces the checks to ten times its duration, so the walk
+/// costs the server at most a tenth of a core per running call.
 pub const DISK_CHECK_PERIOD: Duration = Duration::from_millis(100);
 
 /// Why an execution was killed for disk use.
@@ -120,6 +127,10 @@ pub enum DiskStop {
     Quota { used: u64, quota: u64 },
     /// The file system had `free` bytes left, under the `reserve`.
     Reserve { free: u64, reserve: u64 },
+    /// The workspace held more than `max` files and folders.
+    Entries { entries: u64, max: u64 },
+    /// The walk failed with OS error `errno`: the usage is unknown, so it counts as over.
+    Unmeasurable { errno: i32 },
 }
 
 impl fmt::Display for DiskStop {
@@ -138,6 +149,15 @@ impl fmt::Display for DiskStop {
                 free >> 20,
                 mb(reserve)
             ),
+            DiskStop::Entries { entries, max } => write!(
+                f,
+                "workspace quota exceeded: more than {max} files and folders ({entries} seen); delete files to continue"
+            ),
+            DiskStop::Unmeasurable { errno } => write!(
+                f,
+                "workspace quota exceeded: the workspace cannot be measured ({}); delete what cannot be read to continue",
+                std::io::Error::from_raw_os_error(errno)
+            ),
         }
     }
 }
@@ -155,6 +175,7 @@ impl Default for Limits {
             file_bytes: 256 << 20,
             workspace_bytes: 1 << 30,
             disk_reserve_bytes: 0,
+            workspace_entries: 100_000,
         }
     }
 }

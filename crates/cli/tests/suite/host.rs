@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 const AGENT: &str = "filler";
 const QUOTA_MB: u64 = 32;
-const TENANT_MB: u64 = 48;
+/// Twice the run's quota: a call takes at most half of what its tenant has left, so a lone run
+/// gets its whole quota.
+const TENANT_MB: u64 = 64;
 
 /// A scripted agent with the built-in tools; `list_files` needs an approval, so a run can be
 /// parked (alive, holding its workspace) on it.
@@ -133,9 +135,10 @@ async fn a_second_run_over_the_tenant_total_is_refused() {
         .unwrap();
     assert_eq!(call["is_error"], false, "{call}");
 
-    // Run B of the same tenant: 28 MB more is within its own 32 MB quota, over the 48 MB total.
+    // Run B of the same tenant: 35 MB more is over its own 32 MB quota, and far over its share
+    // of what the 64 MB total leaves (half of 36 MB).
     let turns = [
-        shell("for i in 1 2 3 4; do head -c 7M /dev/zero > b$i.bin || break; done; echo wrote"),
+        shell("for i in 1 2 3 4 5; do head -c 7M /dev/zero > b$i.bin || break; done; echo wrote"),
         shell("rm -f b*.bin; echo cleaned"),
     ];
     let id = launch(&api, AGENT, &turns).await;
@@ -239,4 +242,105 @@ async fn the_data_folder_is_private_and_a_shared_one_is_refused() {
         "{}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
+}
+
+/// The `N` of "used=N" printed by `du -sk` in a turn's output, in KiB.
+fn du_kib(output: &str) -> u64 {
+    output
+        .split("used=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no usage in {output}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fallocate_cannot_reserve_blocks_past_the_file_limit_or_the_quota() {
+    let server = server("disk_reserve_mb = 1\n").await;
+    let api = server.api();
+    let turns = [
+        // KEEP_SIZE allocates blocks without growing the file: no RLIMIT_FSIZE check at all.
+        shell(
+            "touch kept.bin; fallocate -n -l 1G kept.bin; echo rc=$?; echo used=$(du -sk . | cut -f1)",
+        ),
+        shell("fallocate -l 1G grown.bin; echo rc=$?; echo used=$(du -sk . | cut -f1)"),
+        shell(
+            "touch kept2.bin; fallocate -n -o 0 -l 200M kept2.bin; echo rc=$?; echo used=$(du -sk . | cut -f1)",
+        ),
+        // glibc's posix_fallocate falls back to writing one byte per block: RLIMIT_FSIZE stops it.
+        shell(
+            "python3 -c \"import os; fd = os.open('p.bin', os.O_CREAT | os.O_WRONLY); os.posix_fallocate(fd, 0, 1 << 30)\"; \
+             echo rc=$?; echo used=$(du -sk . | cut -f1)",
+        ),
+    ];
+    let a = attack(&api, AGENT, &turns).await;
+    for i in 0..turns.len() {
+        assert_ok(
+            &a,
+            i,
+            "fallocate (refused by the kernel filter, not by the quota)",
+        );
+        let out = a.output(i);
+        assert!(!out.contains("rc=0"), "fallocate succeeded: {out}");
+        let used = du_kib(out);
+        assert!(used < QUOTA_MB << 10, "{used} KiB allocated: {out}");
+    }
+    // EOPNOTSUPP, in util-linux's words for the keep-size mode.
+    for i in [0, 2] {
+        assert!(a.output(i).contains("unsupported"), "{}", a.output(i));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_deeper_than_path_max_does_not_turn_the_quota_off() {
+    let server = server("disk_reserve_mb = 1\n").await;
+    let api = server.api();
+    // 20 folders of 250-character names: host paths past PATH_MAX (4096).
+    let deep = "n=$(printf 'a%.0s' $(seq 250)); for i in $(seq 20); do mkdir -p $n && cd $n || exit 1; done";
+    let turns = [
+        shell("echo small > small.txt"),
+        shell(&format!(
+            "{deep}; for i in 1 2 3 4 5 6; do head -c 7M /dev/zero > f$i.bin || break; done; echo wrote"
+        )),
+        shell(&format!(
+            "{deep}; for i in 1 2 3 4 5 6; do head -c 7M /dev/zero > g$i.bin || break; done; echo wrote"
+        )),
+        shell("rm -rf a*; echo cleaned"),
+        shell("echo ok > after.txt"),
+    ];
+    let a = attack(&api, AGENT, &turns).await;
+    assert_ok(&a, 0, "a small write");
+    let quota_error = &["workspace quota exceeded"];
+    assert_blocked(&a, 1, "filling a deep tree", quota_error);
+    let used = used_mb(a.output(1));
+    assert!(used > QUOTA_MB && used < QUOTA_MB + 512, "{used} MB");
+    // The measurement was recorded: the next call gets no fresh budget.
+    assert_blocked(&a, 2, "writing more in the deep tree", quota_error);
+    assert_ok(&a, 3, "deleting the deep tree");
+    assert_ok(&a, 4, "a small write after cleaning up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_files_count_as_over_quota() {
+    // Each empty file costs the quota's walk a visit at every check: the entry cap bounds that.
+    let server = server("disk_reserve_mb = 1\nworkspace_files = 1000\n").await;
+    let api = server.api();
+    let turns = [
+        shell("mkdir d && cd d && seq 3000 | xargs touch; echo made"),
+        shell("echo more > more.txt"),
+        shell("rm -rf d more.txt; echo cleaned"),
+        shell("echo ok > after.txt"),
+    ];
+    let a = attack(&api, AGENT, &turns).await;
+    let cap_error = &["more than 1000 files and folders"];
+    assert_blocked(&a, 0, "3,000 empty files", cap_error);
+    // The next call may only shrink the workspace.
+    assert_blocked(
+        &a,
+        1,
+        "writing more while over the cap",
+        &["quota exceeded"],
+    );
+    assert_ok(&a, 2, "deleting the files");
+    assert_ok(&a, 3, "a small write after cleaning up");
 }

@@ -10,6 +10,10 @@
 //! the sandbox's host uid. `personality` is allowed only to query or to set the default persona
 //! (turning off ASLR or making reads imply exec are refused).
 //!
+//! `fallocate` gets `EOPNOTSUPP`: with `FALLOC_FL_KEEP_SIZE` it allocates blocks without the
+//! `RLIMIT_FSIZE` check a write gets, at metadata speed, so one call could fill the disk between
+//! two quota checks. glibc's `posix_fallocate` then falls back to writing, which the limit bounds.
+//!
 //! The program is emitted here as one compact binary search and installed with
 //! `seccompiler::apply_filter`. seccompiler's own compiler produces ~300 instructions of
 //! per-rule chains, which made the kernel's filter-cache preparation cost ~200 µs per sandbox;
@@ -165,6 +169,7 @@ enum Label {
     Allow,
     Eperm,
     Enosys,
+    Eopnotsupp,
     Kill,
     Socket,
     Clone,
@@ -215,6 +220,7 @@ pub(crate) fn program() -> Result<BpfProgram, SeccompError> {
         (JEQ_K, Socket, Next, libc::SYS_socketpair as u32),
         (JEQ_K, Clone, Next, libc::SYS_clone as u32),
         (JEQ_K, Personality, Next, libc::SYS_personality as u32),
+        (JEQ_K, Eopnotsupp, Next, libc::SYS_fallocate as u32),
     ];
     for (i, (nr, _)) in MODE_AT.iter().enumerate() {
         ops.push((JEQ_K, Mode(i), Next, *nr as u32));
@@ -267,6 +273,8 @@ pub(crate) fn program() -> Result<BpfProgram, SeccompError> {
     ops.push((RET_K, Next, Next, RET_ERRNO | libc::EPERM as u32));
     let enosys_at = ops.len();
     ops.push((RET_K, Next, Next, RET_ERRNO | libc::ENOSYS as u32));
+    let eopnotsupp_at = ops.len();
+    ops.push((RET_K, Next, Next, RET_ERRNO | libc::EOPNOTSUPP as u32));
     let kill_at = ops.len();
     ops.push((RET_K, Next, Next, RET_KILL_PROCESS));
 
@@ -276,6 +284,7 @@ pub(crate) fn program() -> Result<BpfProgram, SeccompError> {
         Allow => Some(allow_at),
         Eperm => Some(eperm_at),
         Enosys => Some(enosys_at),
+        Eopnotsupp => Some(eopnotsupp_at),
         Kill => Some(kill_at),
         Socket => Some(socket_at),
         Clone => Some(clone_at),
@@ -492,7 +501,8 @@ mod tests {
             }
         }
         for nr in 0..600u32 {
-            if nr == libc::SYS_clone3 as u32 {
+            // Neither has a seccompiler equivalent with EPERM as the default action.
+            if nr == libc::SYS_clone3 as u32 || nr == libc::SYS_fallocate as u32 {
                 continue;
             }
             for args in &arg_sets {
@@ -518,6 +528,18 @@ mod tests {
             enosys
         );
         assert_eq!(run(&ours, X32_BIT | 39, AUDIT_ARCH, [0; 4]), enosys);
+        for mode in [0, 1, 3] {
+            assert_eq!(
+                run(
+                    &ours,
+                    libc::SYS_fallocate as u32,
+                    AUDIT_ARCH,
+                    [0, mode, 0, 1 << 30]
+                ),
+                RET_ERRNO | libc::EOPNOTSUPP as u32,
+                "fallocate mode {mode}"
+            );
+        }
         assert_eq!(
             run(&ours, libc::SYS_read as u32, 0x4000_0003, [0; 4]),
             RET_KILL_PROCESS

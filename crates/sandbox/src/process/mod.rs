@@ -921,44 +921,45 @@ async fn read_control(
     }
 }
 
-/// Checks the workspace's usage and the disk's free space every [`DISK_CHECK_PERIOD`] (the
-/// first check one period in, so short commands pay nothing) and returns why the sandbox must
-/// be killed; pending forever without a quota or a reserve.
+/// Checks the workspace's usage and the disk's free space every [`DISK_CHECK_PERIOD`], or ten
+/// times the last check's duration when that is longer (the first check one period in, so
+/// short commands pay nothing), and returns why the sandbox must be killed; pending forever
+/// without a quota or a reserve. A check that fails counts as over (fail closed).
 async fn watch_disk(workspace: &Path, limits: &Limits) -> DiskStop {
     let (quota, reserve) = (limits.workspace_bytes, limits.disk_reserve_bytes);
+    let max_entries = limits.workspace_entries;
     if quota == 0 && reserve == 0 {
         return std::future::pending().await;
     }
-    let mut tick = tokio::time::interval_at(
-        tokio::time::Instant::now() + DISK_CHECK_PERIOD,
-        DISK_CHECK_PERIOD,
-    );
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut period = DISK_CHECK_PERIOD;
     loop {
-        tick.tick().await;
+        tokio::time::sleep(period).await;
         let dir = workspace.to_path_buf();
+        let started = Instant::now();
         let check = tokio::task::spawn_blocking(move || -> Option<DiskStop> {
-            if reserve > 0
-                && let Ok(free) = crate::disk::free_bytes(&dir)
-                && free < reserve
-            {
-                return Some(DiskStop::Reserve { free, reserve });
+            if reserve > 0 {
+                match crate::disk::free_bytes(&dir) {
+                    Ok(free) if free < reserve => return Some(DiskStop::Reserve { free, reserve }),
+                    Ok(_) => {}
+                    Err(e) => {
+                        return Some(DiskStop::Unmeasurable {
+                            errno: e.raw_os_error().unwrap_or(libc::EIO),
+                        });
+                    }
+                }
             }
-            if quota > 0
-                && let Ok(usage) = crate::disk::workspace_usage(&dir, quota, false)
-                && usage.bytes > quota
-            {
-                return Some(DiskStop::Quota {
-                    used: usage.bytes,
-                    quota,
-                });
+            if quota > 0 {
+                return crate::disk::check_quota(&dir, quota, max_entries, false).err();
             }
             None
         })
         .await;
-        if let Ok(Some(stop)) = check {
-            return stop;
+        match check {
+            Ok(Some(stop)) => return stop,
+            Ok(None) => {}
+            Err(_) => return DiskStop::Unmeasurable { errno: libc::EIO },
         }
+        period = DISK_CHECK_PERIOD.max(started.elapsed() * 10);
     }
 }
 
@@ -1040,16 +1041,34 @@ async fn drive(
     let mut out = output(exit_code, signal, out, err, timed_out, duration);
     out.disk_stop = disk_stop;
     // Every process of the sandbox is gone (init reported the end, or it was killed and its
-    // pipes closed), so nothing can swap a path for a symlink while the walk strips bits.
+    // pipes closed), so nothing swaps entries while the walk strips bits (and it opens every
+    // entry without following symlinks anyway).
     let dir = workspace.to_path_buf();
-    let bound = match limits.workspace_bytes {
-        0 => u64::MAX,
-        quota => quota,
+    let quota = limits.workspace_bytes;
+    // Without a quota there is nothing to enforce, only bits to strip.
+    let max_entries = if quota == 0 {
+        0
+    } else {
+        limits.workspace_entries
     };
-    if let Ok(Ok(usage)) =
-        tokio::task::spawn_blocking(move || crate::disk::workspace_usage(&dir, bound, true)).await
-    {
-        out.workspace_usage = Some(usage);
+    let measured = tokio::task::spawn_blocking(move || {
+        crate::disk::check_quota(&dir, quota, max_entries, true)
+    })
+    .await
+    .unwrap_or(Err(DiskStop::Unmeasurable { errno: libc::EIO }));
+    match measured {
+        Ok(usage) => out.workspace_usage = Some(usage),
+        // Over the byte quota: the engine measures again for a precise figure.
+        Err(DiskStop::Quota { used, .. }) => {
+            out.workspace_usage = Some(crate::disk::DiskUsage {
+                bytes: used,
+                entries: 0,
+                partial: true,
+            });
+        }
+        Err(stop) => {
+            out.disk_stop.get_or_insert(stop);
+        }
     }
     Ok(out)
 }

@@ -159,7 +159,12 @@ async fn many_files_each_under_the_file_limit_are_stopped_at_the_workspace_quota
         err(&o)
     );
     assert_eq!(o.signal, Some(9));
-    let used = paddock_sandbox::disk::workspace_usage(ws.path(), u64::MAX, false).unwrap();
+    let used = paddock_sandbox::disk::workspace_usage(
+        ws.path(),
+        paddock_sandbox::disk::WalkBounds::NONE,
+        false,
+    )
+    .unwrap();
     let reported = o.workspace_usage.unwrap();
     assert!(reported.bytes > 32 << 20, "{reported:?}");
     eprintln!("written before the stop: {} MB", used.bytes >> 20);
