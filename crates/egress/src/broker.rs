@@ -297,6 +297,9 @@ impl Broker {
             ));
             Failure::Denied(reason)
         };
+        if let Some(reason) = ctx.refuse_all() {
+            return Err(deny(&out, reason));
+        }
         let rule = match policy::check_request(
             ctx.rules(),
             scheme,
@@ -462,19 +465,23 @@ impl Broker {
 }
 
 impl Broker {
-    /// Refuses a request whose target or header values carry one of the workspace's secrets,
-    /// and checks its body: whole when its length is known and within `max_body_bytes`,
-    /// otherwise as it streams (the returned flag is set if the stream is cut for a secret).
+    /// Refuses a request whose head (host, method, target, header names and values) carries
+    /// one of the workspace's secrets, and checks its body: whole when its length is known and
+    /// small, otherwise as it streams (the returned flag is set if the stream is cut for a
+    /// secret). The host is checked before anything resolves it: a wildcard rule lets the
+    /// sandbox choose a sub-domain, and a name travels in DNS queries, the SNI and `Host`.
     async fn scan_outbound(
         &self,
         scanner: &SecretMatcher,
         out: &mut Outbound,
     ) -> Result<Option<Arc<AtomicBool>>, Failure> {
-        let in_head = scanner.find(out.path_and_query.as_bytes()).is_some()
-            || out
-                .headers
-                .values()
-                .any(|v| scanner.find(v.as_bytes()).is_some());
+        let in_head = scanner.find(out.host.as_bytes()).is_some()
+            || scanner.find(out.method.as_str().as_bytes()).is_some()
+            || scanner.find(out.path_and_query.as_bytes()).is_some()
+            || out.headers.iter().any(|(n, v)| {
+                scanner.find(n.as_str().as_bytes()).is_some()
+                    || scanner.find(v.as_bytes()).is_some()
+            });
         if in_head {
             return Err(Failure::Denied(DenyReason::SecretInRequest));
         }

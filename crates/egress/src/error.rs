@@ -53,6 +53,10 @@ pub enum DenyReason {
     /// The run could not record the request before it would leave (the run has ended, or it
     /// reached its cap of forwarded requests), so it is not forwarded.
     NotRecorded,
+    /// The run's secrets could not be compiled into the redactor, so nothing an upstream sends
+    /// back could be redacted: the run sends nothing. Check the run's secret values (the
+    /// server log names the error) and start the run again.
+    RedactorUnavailable,
 }
 
 impl DenyReason {
@@ -75,6 +79,7 @@ impl DenyReason {
             DenyReason::NotTls => "not_tls",
             DenyReason::SecretInRequest => "secret_in_request",
             DenyReason::NotRecorded => "not_recorded",
+            DenyReason::RedactorUnavailable => "redactor_unavailable",
         }
     }
 }

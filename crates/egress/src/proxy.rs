@@ -301,6 +301,23 @@ impl Conn {
             let raw = req.uri().to_string();
             return self.deny("CONNECT", "https", &raw, 0, "", DenyReason::BadRequest);
         };
+        if let Some(reason) = self.ctx.refuse_all() {
+            return self.deny("CONNECT", "https", &host, port, "", reason);
+        }
+        // Before the policy and DNS: a wildcard rule lets the sandbox pick the name, and a
+        // name carrying a secret would leave in the DNS query and the SNI.
+        if let Some(scanner) = self.ctx.scanner()
+            && scanner.find(host.as_bytes()).is_some()
+        {
+            return self.deny(
+                "CONNECT",
+                "https",
+                &host,
+                port,
+                "",
+                DenyReason::SecretInRequest,
+            );
+        }
         let bound = !Injection::for_target(self.ctx.credentials(), "https", &host, port).is_empty();
         let tunnel_rule = match check_connect(self.ctx.rules(), &host, port) {
             ConnectVerdict::Deny(reason) => {
@@ -355,6 +372,7 @@ impl Conn {
                 let received = guard.received.clone();
                 let hello_timeout = self.broker.cfg.connect_timeout;
                 let run_id = self.ctx.run_id.clone();
+                let recorder = self.ctx.recorder().clone();
                 self.spawn_tracked(async move {
                     let mut guard = guard;
                     let Ok(upgraded) = on_upgrade.await else {
@@ -375,11 +393,12 @@ impl Conn {
                         Hello::NotTls => Err(DenyReason::NotTls),
                     };
                     if let Err(reason) = verdict {
+                        // The sandbox chose the SNI: it may carry a secret.
                         let sni = match &hello {
-                            Hello::Tls(sni) => sni.as_deref(),
+                            Hello::Tls(sni) => sni.as_deref().map(|s| recorder.scrub(s)),
                             Hello::NotTls => None,
                         };
-                        tracing::info!(run_id = %run_id, host = %host, sni = sni, reason = %reason, "egress tunnel refused");
+                        tracing::info!(run_id = %run_id, host = %host, sni = sni.as_deref(), reason = %reason, "egress tunnel refused");
                         guard.set_denied();
                         guard.set_reason(reason.as_str().to_owned());
                         return;
@@ -469,7 +488,9 @@ struct Inner {
 impl Inner {
     /// Records a refused intercepted tunnel (nothing was forwarded).
     fn refuse(&self, reason: DenyReason, sni: Option<&str>) {
-        tracing::info!(run_id = %self.conn.ctx.run_id, host = %self.host, sni = sni, reason = %reason, "egress tunnel refused");
+        // The sandbox chose the SNI: it may carry a secret.
+        let sni = sni.map(|s| self.conn.ctx.recorder().scrub(s));
+        tracing::info!(run_id = %self.conn.ctx.run_id, host = %self.host, sni = sni.as_deref(), reason = %reason, "egress tunnel refused");
         self.conn.ctx.recorder().push(denied_record(
             "CONNECT",
             "https",

@@ -1,0 +1,223 @@
+//! A hostile sandbox that writes a workspace secret where the broker records or resolves it:
+//! the path of a denied request, the host (a wildcard rule lets it pick a sub-domain), the
+//! CONNECT authority, the method, a header name. None of it may reach the upstream, DNS, the
+//! records the sink journals, or the server log.
+
+use super::support::*;
+use paddock_types::event::{EgressRecord, EgressSink};
+use paddock_types::manifest::EgressRule;
+use paddock_types::redact::SecretMatcher;
+use std::future::Future;
+use std::io::Write;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A workspace secret the run has no binding for (the sandbox somehow holds it). Host names are
+/// lower-cased by the broker, so it is lower-case to start with.
+const LOOSE: &str = "wsloose7zq81mxc0vb7ne2lr5tka";
+
+/// Remembers every record it is given, before forwarding and when finished.
+#[derive(Default)]
+struct CapturingSink {
+    records: Mutex<Vec<EgressRecord>>,
+}
+
+impl EgressSink for CapturingSink {
+    fn forwarding(
+        &self,
+        record: EgressRecord,
+    ) -> Pin<Box<dyn Future<Output = Result<u64, String>> + Send + '_>> {
+        Box::pin(async move {
+            self.records.lock().unwrap().push(record);
+            Ok(1)
+        })
+    }
+
+    fn finished(&self, _started: Option<u64>, record: EgressRecord) {
+        self.records.lock().unwrap().push(record);
+    }
+}
+
+/// The server log, captured for one test (the tests run on a current-thread runtime, so a
+/// thread-local default subscriber sees every task).
+#[derive(Clone, Default)]
+struct LogBuf(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogBuf {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogBuf {
+    fn install(&self) -> tracing::subscriber::DefaultGuard {
+        let buf = self.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || buf.clone())
+            .finish();
+        tracing::subscriber::set_default(sub)
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+fn wildcard(scheme: &str, host: &str, port: u16) -> EgressRule {
+    EgressRule {
+        host: host.into(),
+        ..rule(scheme, host, port)
+    }
+}
+
+async fn raw(proxy: std::net::SocketAddr, req: &str) -> Raw {
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all).await;
+    parse_response(&all)
+}
+
+fn assert_no_trace(what: &str, text: &str) {
+    let hex: String = LOOSE.bytes().map(|b| format!("{b:02x}")).collect();
+    for form in [
+        LOOSE,
+        &LOOSE.to_uppercase(),
+        &hex,
+        &LOOSE[..20],
+        &LOOSE[8..],
+    ] {
+        assert!(!text.contains(form), "{what} holds {form}:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn a_secret_in_a_denied_request_never_reaches_the_records_or_the_log() {
+    let log = LogBuf::default();
+    let _log = log.install();
+    let up = Upstream::plain().await;
+    let port = up.port();
+    let broker = broker(vec![up.addr.to_string()], Vec::new());
+    let sink = Arc::new(CapturingSink::default());
+    // The sink first, the scan second: the recorder must learn the secrets either way.
+    let ctx = Arc::new(
+        paddock_egress::RunEgress::new("run_leak", vec![rule("http", "127.0.0.1", port)], vec![])
+            .with_sink(sink.clone())
+            .with_secret_scan(SecretMatcher::new([("loose", LOOSE)]).unwrap()),
+    );
+    let proxy = start_proxy(&broker, &ctx).await;
+    let allowed = format!("127.0.0.1:{port}");
+    let cases = [
+        // No rule for the host: denied before any scan (a CONNECT authority is scanned first).
+        format!("GET http://nope.invalid/{LOOSE} HTTP/1.1\r\nHost: nope.invalid\r\n"),
+        format!("GET http://{LOOSE}.invalid/x HTTP/1.1\r\nHost: nope.invalid\r\n"),
+        format!("{LOOSE} http://nope.invalid/x HTTP/1.1\r\nHost: nope.invalid\r\n"),
+        format!("CONNECT {LOOSE}.invalid:443 HTTP/1.1\r\nHost: {LOOSE}.invalid:443\r\n"),
+        // An allowed host: refused for carrying the secret, which must not be recorded either.
+        format!("GET http://{allowed}/a/{LOOSE}/b HTTP/1.1\r\nHost: {allowed}\r\n"),
+        format!(
+            "GET http://{allowed}/a/{}/b HTTP/1.1\r\nHost: {allowed}\r\n",
+            &LOOSE[2..]
+        ),
+    ];
+    for case in &cases {
+        let r = raw(proxy.addr, &format!("{case}Connection: close\r\n\r\n")).await;
+        assert_eq!(r.status, 403, "{case}: {}", r.text());
+    }
+    proxy.stop().await;
+    assert!(up.seen().is_empty(), "{:?}", up.seen());
+    let records = sink.records.lock().unwrap().clone();
+    assert_eq!(records.len(), cases.len(), "{records:#?}");
+    assert_no_trace("the sink's records", &format!("{records:?}"));
+    assert_no_trace("the server log", &log.text());
+    let refused: Vec<_> = records
+        .iter()
+        .filter(|r| r.reason == "secret_in_request")
+        .collect();
+    assert_eq!(refused.len(), 3, "{records:#?}");
+    assert!(
+        refused
+            .iter()
+            .all(|r| r.path == "[REDACTED]" || r.method == "CONNECT"),
+        "{refused:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_secret_in_the_host_method_or_a_header_name_is_refused_before_it_leaves() {
+    let log = LogBuf::default();
+    let _log = log.install();
+    let up = Upstream::plain().await;
+    let port = up.port();
+    let broker = broker(
+        vec![up.addr.to_string(), "localhost:443".into()],
+        Vec::new(),
+    );
+    let ctx = Arc::new(
+        paddock_egress::RunEgress::new(
+            "run_leak_head",
+            vec![
+                rule("http", "127.0.0.1", port),
+                wildcard("http", "*.example.test", 80),
+                wildcard("https", "*.example.test", 443),
+            ],
+            vec![],
+        )
+        .with_secret_scan(SecretMatcher::new([("loose", LOOSE)]).unwrap()),
+    );
+    let proxy = start_proxy(&broker, &ctx).await;
+    let allowed = format!("127.0.0.1:{port}");
+    let hex: String = LOOSE.bytes().map(|b| format!("{b:02x}")).collect();
+    let cases = [
+        (
+            "host under a wildcard rule",
+            // The Host header is innocent: the target's host alone carries the secret.
+            format!("GET http://{LOOSE}.example.test/ HTTP/1.1\r\nHost: a.example.test\r\n"),
+        ),
+        (
+            "connect authority under a wildcard rule",
+            format!(
+                "CONNECT {LOOSE}.example.test:443 HTTP/1.1\r\nHost: {LOOSE}.example.test:443\r\n"
+            ),
+        ),
+        (
+            "method, the rule lists none",
+            format!("{LOOSE} http://{allowed}/m HTTP/1.1\r\nHost: {allowed}\r\n"),
+        ),
+        (
+            "header name",
+            format!("GET http://{allowed}/h HTTP/1.1\r\nHost: {allowed}\r\nx-{hex}: 1\r\n"),
+        ),
+    ];
+    for (what, case) in &cases {
+        let r = raw(proxy.addr, &format!("{case}Connection: close\r\n\r\n")).await;
+        assert_eq!(r.status, 403, "{what}: {}", r.text());
+        assert_eq!(
+            r.header("paddock-egress-denied"),
+            Some("secret_in_request"),
+            "{what}: the scan must refuse before DNS or the upstream"
+        );
+    }
+    // An innocent request on the same rules still passes.
+    let r = raw(
+        proxy.addr,
+        &format!("GET http://{allowed}/fine HTTP/1.1\r\nHost: {allowed}\r\nx-note: 1\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    proxy.stop().await;
+    let seen = up.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let records = ctx.take_log();
+    assert_eq!(records.len(), cases.len() + 1, "{records:#?}");
+    assert_no_trace("the records", &format!("{records:?}"));
+    assert_no_trace("the server log", &log.text());
+}
