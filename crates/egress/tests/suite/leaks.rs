@@ -221,3 +221,85 @@ async fn a_secret_in_the_host_method_or_a_header_name_is_refused_before_it_leave
     assert_no_trace("the records", &format!("{records:?}"));
     assert_no_trace("the server log", &log.text());
 }
+
+fn query_binding(port: u16) -> paddock_types::manifest::CredentialBinding {
+    paddock_types::manifest::CredentialBinding {
+        secret: "weather_key".into(),
+        scheme: "http".into(),
+        host: "127.0.0.1".into(),
+        port: Some(port),
+        header: None,
+        query: Some("api_key".into()),
+        placeholder_env: None,
+    }
+}
+
+fn get(url: String) -> paddock_egress::OutboundRequest {
+    paddock_egress::OutboundRequest {
+        method: http::Method::GET,
+        url,
+        headers: http::HeaderMap::new(),
+        body: bytes::Bytes::new(),
+    }
+}
+
+#[tokio::test]
+async fn a_redirect_that_echoes_the_query_credential_does_not_carry_it_on() {
+    // The upstream's `/redirect?to=X` answers `Location: X` with the rest of its query, so the
+    // `api_key` the broker appended comes back in the `Location`, as an API that normalises
+    // its URLs would send it.
+    let bound = Upstream::plain().await;
+    let other = Upstream::plain().await;
+    let broker = broker_plaintext(
+        vec![bound.addr.to_string(), other.addr.to_string()],
+        vec![bound.addr.to_string()],
+    );
+    let rules = vec![
+        rule("http", "127.0.0.1", bound.port()),
+        rule("http", "127.0.0.1", other.port()),
+    ];
+    let creds = vec![paddock_egress::ResolvedCredential::new(
+        query_binding(bound.port()),
+        SECRET,
+    )];
+    // Same host, with the workspace scan on: the next hop is not refused for the echoed
+    // secret; the broker injects the credential again, once.
+    let ctx = paddock_egress::RunEgress::new("run_redirect", rules.clone(), creds.clone())
+        .with_secret_scan(SecretMatcher::new([("weather_key", SECRET)]).unwrap());
+    let r = broker
+        .request(
+            &ctx,
+            get(format!(
+                "http://127.0.0.1:{}/redirect?to=/next?x=1",
+                bound.port()
+            )),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let seen: Vec<String> = bound.seen().into_iter().map(|s| s.uri).collect();
+    assert_eq!(
+        seen,
+        [
+            format!("/redirect?to=/next?x=1&api_key={SECRET}"),
+            format!("/next?x=1&api_key={SECRET}"),
+        ]
+    );
+    // To another allowed host the binding does not cover: the secret stays behind.
+    let ctx = paddock_egress::RunEgress::new("run_redirect_away", rules, creds);
+    let r = broker
+        .request(
+            &ctx,
+            get(format!(
+                "http://127.0.0.1:{}/redirect?to=http://127.0.0.1:{}/land?x=1",
+                bound.port(),
+                other.port()
+            )),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let seen: Vec<String> = other.seen().into_iter().map(|s| s.uri).collect();
+    assert_eq!(seen, ["/land?x=1"]);
+    assert!(!format!("{:?}", ctx.take_log()).contains(SECRET));
+}
