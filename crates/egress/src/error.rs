@@ -106,6 +106,10 @@ pub enum UpstreamFailure {
     Timeout,
     /// A resolved secret cannot be put in a header (e.g. it contains a line break).
     CredentialInvalid,
+    /// The client sent its request body too slowly: a small body is read whole (to scan it)
+    /// before it is forwarded, within `body_read_timeout`. Nothing was forwarded; send the body
+    /// without pausing, or retry.
+    BodyTimeout,
 }
 
 impl UpstreamFailure {
@@ -117,6 +121,7 @@ impl UpstreamFailure {
             UpstreamFailure::ProtocolError => "protocol_error",
             UpstreamFailure::Timeout => "timeout",
             UpstreamFailure::CredentialInvalid => "credential_invalid",
+            UpstreamFailure::BodyTimeout => "body_timeout",
         }
     }
 }

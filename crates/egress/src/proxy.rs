@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::sync::CancellationToken;
 
@@ -37,6 +37,12 @@ use tokio_util::sync::CancellationToken;
 pub const DENIED_HEADER: &str = "paddock-egress-denied";
 /// Header carrying the machine-readable failure reason on 502/504 answers.
 pub const ERROR_HEADER: &str = "paddock-egress-error";
+
+/// Most client connections one run's proxy serves at once (tunnels and intercepted connections
+/// included, until they end). Further connections wait, unaccepted, in the listener's backlog
+/// until one ends: with [`SCAN_WHOLE_BYTES`](crate::SCAN_WHOLE_BYTES) per connection this
+/// bounds the request bodies one run can hold in memory to 64 MiB.
+pub const MAX_CONNECTIONS_PER_RUN: usize = 256;
 
 /// A client that sends no complete request head within this time is dropped.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -94,7 +100,9 @@ impl Broker {
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (t, mut rx) = tracker();
-        self.clone().run_connection(io, ctx, shutdown, t).await;
+        self.clone()
+            .run_connection(io, ctx, shutdown, t, None)
+            .await;
         let _ = rx.recv().await;
     }
 
@@ -109,14 +117,24 @@ impl Broker {
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (t, mut rx) = tracker();
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS_PER_RUN));
         loop {
+            // At the cap, accept nothing until a connection ends: the sandbox's further
+            // connections wait in the backlog instead of each pinning memory here.
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                p = slots.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 accepted = accept() => match accepted {
                     Ok(io) => {
                         let this = self.clone();
                         let (ctx, shutdown, t) = (ctx.clone(), shutdown.clone(), t.clone());
-                        tokio::spawn(this.run_connection(io, ctx, shutdown, t));
+                        tokio::spawn(this.run_connection(io, ctx, shutdown, t, Some(permit)));
                     }
                     Err(e) => {
                         // E.g. out of file descriptors: back off instead of spinning.
@@ -136,6 +154,7 @@ impl Broker {
         ctx: Arc<RunEgress>,
         shutdown: CancellationToken,
         tracker: Tracker,
+        permit: Option<OwnedSemaphorePermit>,
     ) where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -145,6 +164,7 @@ impl Broker {
             cache: UpstreamCache::default(),
             shutdown: shutdown.clone(),
             tracker,
+            permit: permit.map(Arc::new),
         });
         let svc = service_fn(move |req| {
             let conn = conn.clone();
@@ -178,6 +198,9 @@ struct Conn {
     cache: UpstreamCache,
     shutdown: CancellationToken,
     tracker: Tracker,
+    /// The connection's slot under [`MAX_CONNECTIONS_PER_RUN`], held until its tunnel (which
+    /// outlives the HTTP connection) ends too.
+    permit: Option<Arc<OwnedSemaphorePermit>>,
 }
 
 impl Conn {
@@ -186,8 +209,10 @@ impl Conn {
         F: Future<Output = ()> + Send + 'static,
     {
         let (t, shutdown) = (self.tracker.clone(), self.shutdown.clone());
+        let permit = self.permit.clone();
         tokio::spawn(async move {
             let _t = t;
+            let _permit = permit;
             tokio::select! {
                 _ = fut => {}
                 _ = shutdown.cancelled() => {}
@@ -627,6 +652,7 @@ pub(crate) fn error_response(reason: UpstreamFailure) -> Response<ProxyBody> {
     let mut r = Response::new(full(format!("egress upstream error: {reason}\n")));
     *r.status_mut() = match reason {
         UpstreamFailure::ConnectTimeout | UpstreamFailure::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        UpstreamFailure::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
         _ => StatusCode::BAD_GATEWAY,
     };
     r.headers_mut()

@@ -303,3 +303,212 @@ async fn a_redirect_that_echoes_the_query_credential_does_not_carry_it_on() {
     assert_eq!(seen, ["/land?x=1"]);
     assert!(!format!("{:?}", ctx.take_log()).contains(SECRET));
 }
+
+/// An upstream that keeps every byte it receives and answers 200 once a request's declared
+/// body is complete.
+struct SlowSink {
+    addr: std::net::SocketAddr,
+    received: Arc<Mutex<Vec<u8>>>,
+}
+
+impl SlowSink {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let rec = received.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let rec = rec.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = vec![0u8; 65536];
+                    loop {
+                        let n = match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        buf.extend_from_slice(&chunk[..n]);
+                        rec.lock().unwrap().extend_from_slice(&chunk[..n]);
+                        if complete(&buf) {
+                            break;
+                        }
+                    }
+                    let _ = s
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                        )
+                        .await;
+                });
+            }
+        });
+        Self { addr, received }
+    }
+
+    fn received_len(&self) -> usize {
+        self.received.lock().unwrap().len()
+    }
+
+    fn head(&self) -> String {
+        let r = self.received.lock().unwrap();
+        let end = r
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or(r.len());
+        String::from_utf8_lossy(&r[..end]).to_lowercase()
+    }
+}
+
+fn complete(buf: &[u8]) -> bool {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+    let len = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    buf.len() >= end + 4 + len
+}
+
+fn scanning_ctx(port: u16) -> Arc<paddock_egress::RunEgress> {
+    Arc::new(
+        paddock_egress::RunEgress::new("run_body", vec![rule("http", "127.0.0.1", port)], vec![])
+            .with_secret_scan(SecretMatcher::new([("loose", LOOSE)]).unwrap()),
+    )
+}
+
+fn body_broker(
+    upstream: std::net::SocketAddr,
+    body_timeout: std::time::Duration,
+) -> Arc<paddock_egress::Broker> {
+    let mut cfg = paddock_egress::BrokerConfig::new(ca());
+    cfg.allow_private = vec![upstream.to_string()];
+    cfg.body_read_timeout = body_timeout;
+    paddock_egress::Broker::new(cfg).unwrap()
+}
+
+/// Waits (bounded) until `cond` holds; false if it never did.
+async fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    for _ in 0..500 {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_large_request_body_streams_through_the_scan_instead_of_being_held_whole() {
+    let up = SlowSink::start().await;
+    let broker = body_broker(up.addr, std::time::Duration::from_secs(30));
+    let ctx = scanning_ctx(up.addr.port());
+    let proxy = start_proxy(&broker, &ctx).await;
+    let total = 4 * paddock_egress::SCAN_WHOLE_BYTES;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    let head = format!(
+        "POST http://{0}/upload HTTP/1.1\r\nHost: {0}\r\nConnection: close\r\nContent-Length: {total}\r\n\r\n",
+        up.addr
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    // Half the body, then the client pauses: what the broker holds must not grow with it.
+    s.write_all(&vec![b'a'; total / 2]).await.unwrap();
+    assert!(
+        eventually(|| up.received_len() >= total / 4).await,
+        "the upstream got {} bytes while the client paused: the body is being held whole",
+        up.received_len()
+    );
+    s.write_all(&vec![b'b'; total / 2]).await.unwrap();
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all).await;
+    let r = parse_response(&all);
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Still sent with its length, not re-chunked.
+    assert!(
+        up.head().contains(&format!("content-length: {total}")),
+        "{}",
+        up.head()
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_stalls_or_aborts_its_body_leaves_a_record_and_nothing_upstream() {
+    let up = SlowSink::start().await;
+    let broker = body_broker(up.addr, std::time::Duration::from_millis(300));
+    let ctx = scanning_ctx(up.addr.port());
+    let proxy = start_proxy(&broker, &ctx).await;
+    let head = |path: &str| {
+        format!(
+            "POST http://{0}{path} HTTP/1.1\r\nHost: {0}\r\nConnection: close\r\nContent-Length: 100\r\n\r\n0123456789",
+            up.addr
+        )
+    };
+    // Stalls: the broker stops waiting and says why.
+    let mut stall = TcpStream::connect(proxy.addr).await.unwrap();
+    stall.write_all(head("/stall").as_bytes()).await.unwrap();
+    let mut all = Vec::new();
+    let _ = stall.read_to_end(&mut all).await;
+    let r = parse_response(&all);
+    assert_eq!(r.status, 408, "{}", r.text());
+    assert_eq!(r.header("paddock-egress-error"), Some("body_timeout"));
+    // Aborts: the client goes away half-way through its body.
+    let mut abort = TcpStream::connect(proxy.addr).await.unwrap();
+    abort.write_all(head("/abort").as_bytes()).await.unwrap();
+    abort.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    let _ = abort.read_to_end(&mut rest).await;
+    let log = wait_log(&ctx, 2).await;
+    proxy.stop().await;
+    assert_eq!(up.received_len(), 0);
+    let reasons: Vec<(&str, &str)> = log
+        .iter()
+        .map(|r| (r.path.as_str(), r.reason.as_str()))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            ("/stall", "rule:0 error:body_timeout"),
+            ("/abort", "rule:0 error:protocol_error")
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_run_cannot_open_more_than_its_share_of_proxy_connections() {
+    let up = Upstream::plain().await;
+    let broker = broker(vec![up.addr.to_string()], Vec::new());
+    let ctx = Arc::new(paddock_egress::RunEgress::new(
+        "run_conns",
+        vec![rule("http", "127.0.0.1", up.port())],
+        vec![],
+    ));
+    let proxy = start_proxy(&broker, &ctx).await;
+    // Every slot taken by a connection that says nothing (as one stalling its body would).
+    let mut idle = Vec::new();
+    for _ in 0..paddock_egress::MAX_CONNECTIONS_PER_RUN {
+        idle.push(TcpStream::connect(proxy.addr).await.unwrap());
+    }
+    let mut extra = TcpStream::connect(proxy.addr).await.unwrap();
+    let req = format!(
+        "GET http://{0}/x HTTP/1.1\r\nHost: {0}\r\nConnection: close\r\n\r\n",
+        up.addr
+    );
+    extra.write_all(req.as_bytes()).await.unwrap();
+    // Not served while the run holds every slot (this can only miss a bug, never flake).
+    let mut byte = [0u8; 1];
+    let early =
+        tokio::time::timeout(std::time::Duration::from_millis(500), extra.read(&mut byte)).await;
+    assert!(early.is_err(), "served past the cap: {early:?}");
+    assert!(up.seen().is_empty());
+    // One ends: the waiting connection is served.
+    drop(idle.pop());
+    let mut all = byte[..0].to_vec();
+    let _ = extra.read_to_end(&mut all).await;
+    let r = parse_response(&all);
+    assert_eq!(r.status, 200, "{}", r.text());
+    drop(idle);
+    proxy.stop().await;
+}
