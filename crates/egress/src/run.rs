@@ -372,3 +372,50 @@ pub(crate) fn denied_record(
         path_len: None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use crate::broker::{Broker, BrokerConfig};
+    use crate::ca::generate_ca;
+    use crate::error::EgressError;
+    use crate::request::OutboundRequest;
+
+    #[tokio::test]
+    async fn a_run_whose_redactor_could_not_be_built_sends_nothing() {
+        // A build failure cannot be provoked with real values (the vault builds the same
+        // matcher first), so the context is put in the state such a failure leaves.
+        let rule = EgressRule {
+            scheme: "http".into(),
+            host: "127.0.0.1".into(),
+            port: Some(9),
+            path_prefix: "/".into(),
+            methods: Vec::new(),
+            deny: false,
+        };
+        let mut ctx = RunEgress::new("run_broken", vec![rule], Vec::new());
+        ctx.broken = Some("too many patterns".into());
+        let broker = Broker::new(BrokerConfig::new(generate_ca("test").unwrap())).unwrap();
+        let req = OutboundRequest {
+            method: http::Method::GET,
+            url: "http://127.0.0.1:9/x".into(),
+            headers: http::HeaderMap::new(),
+            body: bytes::Bytes::new(),
+        };
+        let err = broker.request(&ctx, req).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                EgressError::Denied {
+                    reason: DenyReason::RedactorUnavailable
+                }
+            ),
+            "{err}"
+        );
+        let log = ctx.take_log();
+        assert_eq!(log.len(), 1, "{log:#?}");
+        assert_eq!(log[0].reason, "redactor_unavailable");
+    }
+}
