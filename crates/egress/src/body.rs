@@ -71,6 +71,7 @@ pub(crate) fn scanned_request(
         scanner: StreamScanner::new(matcher),
         tripped,
         sent,
+        taken: 0,
         released: 0,
         done: false,
     }
@@ -82,6 +83,8 @@ struct ScanBody {
     scanner: StreamScanner,
     tripped: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
+    /// Bytes taken from `inner`; those not yet `released` are held back by the scanner.
+    taken: u64,
     released: u64,
     done: bool,
 }
@@ -101,19 +104,22 @@ impl Body for ScanBody {
             }
             match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
                 Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => match this.scanner.push(&data) {
-                        Ok(out) if out.is_empty() => continue,
-                        Ok(out) => {
-                            this.released += out.len() as u64;
-                            return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+                    Ok(data) => {
+                        this.taken += data.len() as u64;
+                        match this.scanner.push(&data) {
+                            Ok(out) if out.is_empty() => continue,
+                            Ok(out) => {
+                                this.released += out.len() as u64;
+                                return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+                            }
+                            Err(_) => {
+                                this.sent.store(this.released, Ordering::Relaxed);
+                                this.tripped.store(true, Ordering::SeqCst);
+                                this.done = true;
+                                return Poll::Ready(Some(Err("secret in request body".into())));
+                            }
                         }
-                        Err(_) => {
-                            this.sent.store(this.released, Ordering::Relaxed);
-                            this.tripped.store(true, Ordering::SeqCst);
-                            this.done = true;
-                            return Poll::Ready(Some(Err("secret in request body".into())));
-                        }
-                    },
+                    }
                     // Trailers are not forwarded upstream (hop-by-hop in practice); drop them
                     // rather than scan a second header block.
                     Err(_) => continue,
@@ -128,6 +134,22 @@ impl Body for ScanBody {
                 }
             }
         }
+    }
+
+    /// The scanner passes every byte through unchanged (it only holds some back for a while),
+    /// so a body of known length keeps it: the upstream gets a `content-length`, not chunks.
+    fn size_hint(&self) -> SizeHint {
+        if self.done {
+            return SizeHint::with_exact(0);
+        }
+        let held = self.taken.saturating_sub(self.released);
+        let inner = self.inner.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower().saturating_add(held));
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper.saturating_add(held));
+        }
+        hint
     }
 }
 

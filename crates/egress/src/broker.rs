@@ -28,6 +28,12 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+/// Request bodies of known length up to this size are read whole and scanned in one piece
+/// before they are forwarded; longer ones are scanned as they stream. With
+/// [`MAX_CONNECTIONS_PER_RUN`](crate::MAX_CONNECTIONS_PER_RUN) this bounds what one run's
+/// request bodies can pin in the broker's memory (256 × 256 KiB = 64 MiB).
+pub const SCAN_WHOLE_BYTES: usize = 256 * 1024;
+
 /// The broker's settings. Secrets are not part of it: they come per run in [`RunEgress`].
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
@@ -50,6 +56,11 @@ pub struct BrokerConfig {
     pub connect_timeout: Duration,
     /// Limit for a whole `request()` (all hops, including reading the body).
     pub request_timeout: Duration,
+    /// The proxy reads a request body of known length up to
+    /// `min(SCAN_WHOLE_BYTES, max_body_bytes)` whole (to scan it for the workspace's secrets)
+    /// before forwarding it, and gives the client this long to send it (`body_timeout`).
+    /// Longer bodies are scanned as they stream and never held whole.
+    pub body_read_timeout: Duration,
     /// `request()` keeps at most this many response body bytes (the rest is cut, `truncated`
     /// is set). The proxy buffers (and redacts in one piece) responses of intercepted or plain
     /// HTTP hosts up to this size when they declare a length; longer ones are streamed.
@@ -57,7 +68,8 @@ pub struct BrokerConfig {
 }
 
 impl BrokerConfig {
-    /// Defaults: nothing private reachable, no extra roots, 10 s connect, 60 s request, 10 MiB.
+    /// Defaults: nothing private reachable, no extra roots, 10 s connect, 60 s request, 30 s to
+    /// send a request body that is read whole, 10 MiB.
     pub fn new(ca: CaPem) -> Self {
         Self {
             allow_private: Vec::new(),
@@ -66,6 +78,7 @@ impl BrokerConfig {
             ca,
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(60),
+            body_read_timeout: Duration::from_secs(30),
             max_body_bytes: 10 * 1024 * 1024,
         }
     }
@@ -297,6 +310,9 @@ impl Broker {
             ));
             Failure::Denied(reason)
         };
+        if let Some(reason) = ctx.refuse_all() {
+            return Err(deny(&out, reason));
+        }
         let rule = match policy::check_request(
             ctx.rules(),
             scheme,
@@ -325,7 +341,21 @@ impl Broker {
             match self.scan_outbound(scanner, &mut out).await {
                 Ok(flag) => tripped = flag,
                 Err(Failure::Denied(reason)) => return Err(deny(&out, reason)),
-                Err(f) => return Err(f),
+                Err(Failure::Upstream(f, detail)) => {
+                    // The client stalled or went away while its body was read: nothing left,
+                    // but the attempt is on record like any other failed exchange.
+                    let mut rec = denied_record(
+                        out.method.as_str(),
+                        scheme,
+                        &out.host,
+                        out.port,
+                        &path,
+                        &format!("rule:{rule} error:{f}"),
+                    );
+                    rec.decision = EgressDecision::Allowed;
+                    ctx.recorder().push(rec);
+                    return Err(Failure::Upstream(f, detail));
+                }
             }
         }
         let record = EgressRecord {
@@ -462,30 +492,49 @@ impl Broker {
 }
 
 impl Broker {
-    /// Refuses a request whose target or header values carry one of the workspace's secrets,
-    /// and checks its body: whole when its length is known and within `max_body_bytes`,
-    /// otherwise as it streams (the returned flag is set if the stream is cut for a secret).
+    /// Refuses a request whose head (host, method, target, header names and values) carries
+    /// one of the workspace's secrets, and checks its body: whole when its length is known and
+    /// small, otherwise as it streams (the returned flag is set if the stream is cut for a
+    /// secret). The host is checked before anything resolves it: a wildcard rule lets the
+    /// sandbox choose a sub-domain, and a name travels in DNS queries, the SNI and `Host`.
     async fn scan_outbound(
         &self,
         scanner: &SecretMatcher,
         out: &mut Outbound,
     ) -> Result<Option<Arc<AtomicBool>>, Failure> {
-        let in_head = scanner.find(out.path_and_query.as_bytes()).is_some()
-            || out
-                .headers
-                .values()
-                .any(|v| scanner.find(v.as_bytes()).is_some());
+        let in_head = scanner.find(out.host.as_bytes()).is_some()
+            || scanner.find(out.method.as_str().as_bytes()).is_some()
+            || scanner.find(out.path_and_query.as_bytes()).is_some()
+            || out.headers.iter().any(|(n, v)| {
+                scanner.find(n.as_str().as_bytes()).is_some()
+                    || scanner.find(v.as_bytes()).is_some()
+            });
         if in_head {
             return Err(Failure::Denied(DenyReason::SecretInRequest));
         }
         let body = std::mem::replace(&mut out.body, empty());
+        let whole = SCAN_WHOLE_BYTES.min(self.cfg.max_body_bytes) as u64;
         match body.size_hint().exact() {
-            Some(len) if len <= self.cfg.max_body_bytes as u64 => {
-                let bytes = body
-                    .collect()
-                    .await
-                    .map_err(|e| Failure::Upstream(UpstreamFailure::ProtocolError, e.to_string()))?
-                    .to_bytes();
+            // Small: read whole, with a deadline, so a stalled client pins little and not
+            // for long. Larger bodies stream through the scanner, which holds back only the
+            // longest secret form.
+            Some(len) if len <= whole => {
+                let bytes =
+                    match tokio::time::timeout(self.cfg.body_read_timeout, body.collect()).await {
+                        Ok(Ok(c)) => c.to_bytes(),
+                        Ok(Err(e)) => {
+                            return Err(Failure::Upstream(
+                                UpstreamFailure::ProtocolError,
+                                format!("client body: {e}"),
+                            ));
+                        }
+                        Err(_) => {
+                            return Err(Failure::Upstream(
+                                UpstreamFailure::BodyTimeout,
+                                "client body read timed out".into(),
+                            ));
+                        }
+                    };
                 if scanner.find(&bytes).is_some() {
                     return Err(Failure::Denied(DenyReason::SecretInRequest));
                 }

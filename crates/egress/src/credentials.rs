@@ -233,6 +233,19 @@ impl<'a> Injection<'a> {
         })
     }
 
+    /// Removes the query parameters these credentials are injected into: an upstream that echoes
+    /// the request's query in a `Location` hands the secret back, and the next hop must not
+    /// carry it on (the broker injects it again where a binding applies).
+    pub(crate) fn strip_own_params(&self, path_and_query: &str) -> String {
+        let mut pq = path_and_query.to_owned();
+        for c in &self.creds {
+            if let Some(param) = &c.binding.query {
+                pq = remove_query_param(&pq, param);
+            }
+        }
+        pq
+    }
+
     /// Sets query-parameter credentials (replacing any parameter of that name the client sent).
     pub(crate) fn apply_to_target(&self, path_and_query: &str) -> String {
         let mut pq = path_and_query.to_owned();
@@ -270,13 +283,9 @@ fn memfind(needle: &[u8]) -> impl Fn(&[u8]) -> bool + '_ {
     move |hay: &[u8]| !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
 }
 
-/// Removes every `name=…` pair from the query and appends `name=<value>` (percent-encoded).
-fn set_query_param(path_and_query: &str, name: &str, value: &str) -> String {
-    let (path, query) = match path_and_query.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (path_and_query, None),
-    };
-    let mut pairs: Vec<&str> = query
+/// The query's pairs other than `name=…` (the key compared percent-decoded).
+fn other_pairs<'q>(query: Option<&'q str>, name: &str) -> Vec<&'q str> {
+    query
         .map(|q| {
             q.split('&')
                 .filter(|pair| {
@@ -285,7 +294,29 @@ fn set_query_param(path_and_query: &str, name: &str, value: &str) -> String {
                 })
                 .collect()
         })
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// Removes every `name=…` pair from the query (and the `?` when nothing is left).
+pub(crate) fn remove_query_param(path_and_query: &str, name: &str) -> String {
+    let Some((path, query)) = path_and_query.split_once('?') else {
+        return path_and_query.to_owned();
+    };
+    let pairs = other_pairs(Some(query), name);
+    if pairs.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", pairs.join("&"))
+    }
+}
+
+/// Removes every `name=…` pair from the query and appends `name=<value>` (percent-encoded).
+fn set_query_param(path_and_query: &str, name: &str, value: &str) -> String {
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_and_query, None),
+    };
+    let mut pairs = other_pairs(query, name);
     let injected = format!(
         "{}={}",
         utf8_percent_encode(name, URL_VALUE),
@@ -381,6 +412,16 @@ mod tests {
         ] {
             assert!(Injection::for_target(&creds, scheme, host, port).is_empty());
         }
+    }
+
+    #[test]
+    fn query_param_is_removed() {
+        assert_eq!(remove_query_param("/p?key=s", "key"), "/p");
+        assert_eq!(
+            remove_query_param("/p?a=1&k%65y=s&b=2", "key"),
+            "/p?a=1&b=2"
+        );
+        assert_eq!(remove_query_param("/p", "key"), "/p");
     }
 
     #[test]

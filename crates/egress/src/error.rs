@@ -53,6 +53,10 @@ pub enum DenyReason {
     /// The run could not record the request before it would leave (the run has ended, or it
     /// reached its cap of forwarded requests), so it is not forwarded.
     NotRecorded,
+    /// The run's secrets could not be compiled into the redactor, so nothing an upstream sends
+    /// back could be redacted: the run sends nothing. Check the run's secret values (the
+    /// server log names the error) and start the run again.
+    RedactorUnavailable,
 }
 
 impl DenyReason {
@@ -75,6 +79,7 @@ impl DenyReason {
             DenyReason::NotTls => "not_tls",
             DenyReason::SecretInRequest => "secret_in_request",
             DenyReason::NotRecorded => "not_recorded",
+            DenyReason::RedactorUnavailable => "redactor_unavailable",
         }
     }
 }
@@ -101,6 +106,10 @@ pub enum UpstreamFailure {
     Timeout,
     /// A resolved secret cannot be put in a header (e.g. it contains a line break).
     CredentialInvalid,
+    /// The client sent its request body too slowly: a small body is read whole (to scan it)
+    /// before it is forwarded, within `body_read_timeout`. Nothing was forwarded; send the body
+    /// without pausing, or retry.
+    BodyTimeout,
 }
 
 impl UpstreamFailure {
@@ -112,6 +121,7 @@ impl UpstreamFailure {
             UpstreamFailure::ProtocolError => "protocol_error",
             UpstreamFailure::Timeout => "timeout",
             UpstreamFailure::CredentialInvalid => "credential_invalid",
+            UpstreamFailure::BodyTimeout => "body_timeout",
         }
     }
 }

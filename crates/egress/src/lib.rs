@@ -34,11 +34,11 @@ pub use addr::is_refused_address;
 pub use bench::{
     BENCH_BOUND, BENCH_WORKSPACE_SECRETS, BenchReport, MatcherBench, bench_matcher, bench_overhead,
 };
-pub use broker::{Broker, BrokerConfig};
+pub use broker::{Broker, BrokerConfig, SCAN_WHOLE_BYTES};
 pub use ca::{CaPem, generate_ca};
 pub use credentials::{ResolvedCredential, placeholder_for};
 pub use error::{DenyReason, EgressError, UpstreamFailure};
-pub use proxy::{DENIED_HEADER, ERROR_HEADER};
+pub use proxy::{DENIED_HEADER, ERROR_HEADER, MAX_CONNECTIONS_PER_RUN};
 pub use request::{MAX_REDIRECTS, OutboundRequest, OutboundResponse};
 pub use run::RunEgress;
 

@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::sync::CancellationToken;
 
@@ -37,6 +37,12 @@ use tokio_util::sync::CancellationToken;
 pub const DENIED_HEADER: &str = "paddock-egress-denied";
 /// Header carrying the machine-readable failure reason on 502/504 answers.
 pub const ERROR_HEADER: &str = "paddock-egress-error";
+
+/// Most client connections one run's proxy serves at once (tunnels and intercepted connections
+/// included, until they end). Further connections wait, unaccepted, in the listener's backlog
+/// until one ends: with [`SCAN_WHOLE_BYTES`](crate::SCAN_WHOLE_BYTES) per connection this
+/// bounds the request bodies one run can hold in memory to 64 MiB.
+pub const MAX_CONNECTIONS_PER_RUN: usize = 256;
 
 /// A client that sends no complete request head within this time is dropped.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -94,7 +100,9 @@ impl Broker {
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (t, mut rx) = tracker();
-        self.clone().run_connection(io, ctx, shutdown, t).await;
+        self.clone()
+            .run_connection(io, ctx, shutdown, t, None)
+            .await;
         let _ = rx.recv().await;
     }
 
@@ -109,14 +117,24 @@ impl Broker {
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (t, mut rx) = tracker();
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS_PER_RUN));
         loop {
+            // At the cap, accept nothing until a connection ends: the sandbox's further
+            // connections wait in the backlog instead of each pinning memory here.
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                p = slots.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 accepted = accept() => match accepted {
                     Ok(io) => {
                         let this = self.clone();
                         let (ctx, shutdown, t) = (ctx.clone(), shutdown.clone(), t.clone());
-                        tokio::spawn(this.run_connection(io, ctx, shutdown, t));
+                        tokio::spawn(this.run_connection(io, ctx, shutdown, t, Some(permit)));
                     }
                     Err(e) => {
                         // E.g. out of file descriptors: back off instead of spinning.
@@ -136,6 +154,7 @@ impl Broker {
         ctx: Arc<RunEgress>,
         shutdown: CancellationToken,
         tracker: Tracker,
+        permit: Option<OwnedSemaphorePermit>,
     ) where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -145,6 +164,7 @@ impl Broker {
             cache: UpstreamCache::default(),
             shutdown: shutdown.clone(),
             tracker,
+            permit: permit.map(Arc::new),
         });
         let svc = service_fn(move |req| {
             let conn = conn.clone();
@@ -178,6 +198,9 @@ struct Conn {
     cache: UpstreamCache,
     shutdown: CancellationToken,
     tracker: Tracker,
+    /// The connection's slot under [`MAX_CONNECTIONS_PER_RUN`], held until its tunnel (which
+    /// outlives the HTTP connection) ends too.
+    permit: Option<Arc<OwnedSemaphorePermit>>,
 }
 
 impl Conn {
@@ -186,8 +209,10 @@ impl Conn {
         F: Future<Output = ()> + Send + 'static,
     {
         let (t, shutdown) = (self.tracker.clone(), self.shutdown.clone());
+        let permit = self.permit.clone();
         tokio::spawn(async move {
             let _t = t;
+            let _permit = permit;
             tokio::select! {
                 _ = fut => {}
                 _ = shutdown.cancelled() => {}
@@ -301,6 +326,23 @@ impl Conn {
             let raw = req.uri().to_string();
             return self.deny("CONNECT", "https", &raw, 0, "", DenyReason::BadRequest);
         };
+        if let Some(reason) = self.ctx.refuse_all() {
+            return self.deny("CONNECT", "https", &host, port, "", reason);
+        }
+        // Before the policy and DNS: a wildcard rule lets the sandbox pick the name, and a
+        // name carrying a secret would leave in the DNS query and the SNI.
+        if let Some(scanner) = self.ctx.scanner()
+            && scanner.find(host.as_bytes()).is_some()
+        {
+            return self.deny(
+                "CONNECT",
+                "https",
+                &host,
+                port,
+                "",
+                DenyReason::SecretInRequest,
+            );
+        }
         let bound = !Injection::for_target(self.ctx.credentials(), "https", &host, port).is_empty();
         let tunnel_rule = match check_connect(self.ctx.rules(), &host, port) {
             ConnectVerdict::Deny(reason) => {
@@ -355,6 +397,7 @@ impl Conn {
                 let received = guard.received.clone();
                 let hello_timeout = self.broker.cfg.connect_timeout;
                 let run_id = self.ctx.run_id.clone();
+                let recorder = self.ctx.recorder().clone();
                 self.spawn_tracked(async move {
                     let mut guard = guard;
                     let Ok(upgraded) = on_upgrade.await else {
@@ -375,11 +418,12 @@ impl Conn {
                         Hello::NotTls => Err(DenyReason::NotTls),
                     };
                     if let Err(reason) = verdict {
+                        // The sandbox chose the SNI: it may carry a secret.
                         let sni = match &hello {
-                            Hello::Tls(sni) => sni.as_deref(),
+                            Hello::Tls(sni) => sni.as_deref().map(|s| recorder.scrub(s)),
                             Hello::NotTls => None,
                         };
-                        tracing::info!(run_id = %run_id, host = %host, sni = sni, reason = %reason, "egress tunnel refused");
+                        tracing::info!(run_id = %run_id, host = %host, sni = sni.as_deref(), reason = %reason, "egress tunnel refused");
                         guard.set_denied();
                         guard.set_reason(reason.as_str().to_owned());
                         return;
@@ -469,7 +513,9 @@ struct Inner {
 impl Inner {
     /// Records a refused intercepted tunnel (nothing was forwarded).
     fn refuse(&self, reason: DenyReason, sni: Option<&str>) {
-        tracing::info!(run_id = %self.conn.ctx.run_id, host = %self.host, sni = sni, reason = %reason, "egress tunnel refused");
+        // The sandbox chose the SNI: it may carry a secret.
+        let sni = sni.map(|s| self.conn.ctx.recorder().scrub(s));
+        tracing::info!(run_id = %self.conn.ctx.run_id, host = %self.host, sni = sni.as_deref(), reason = %reason, "egress tunnel refused");
         self.conn.ctx.recorder().push(denied_record(
             "CONNECT",
             "https",
@@ -606,6 +652,7 @@ pub(crate) fn error_response(reason: UpstreamFailure) -> Response<ProxyBody> {
     let mut r = Response::new(full(format!("egress upstream error: {reason}\n")));
     *r.status_mut() = match reason {
         UpstreamFailure::ConnectTimeout | UpstreamFailure::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        UpstreamFailure::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
         _ => StatusCode::BAD_GATEWAY,
     };
     r.headers_mut()

@@ -5,7 +5,7 @@
 use crate::credentials::ResolvedCredential;
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderValue};
-use paddock_types::redact::{SecretMatcher, StreamRedactor as Inner};
+use paddock_types::redact::{MatcherError, SecretMatcher, StreamRedactor as Inner};
 
 /// Replaces a run's bound secret values, in every form the generator knows, with
 /// `[REDACTED:<name>]`.
@@ -15,16 +15,20 @@ pub(crate) struct Redactor {
 }
 
 impl Redactor {
-    /// None when the run has no secret long enough to redact (or, defensively, the automaton
-    /// cannot be built; values already passed the vault's own build of the same matcher).
-    pub(crate) fn new(creds: &[ResolvedCredential]) -> Option<Self> {
+    /// `Ok(None)` when the run has no secret long enough to redact. An error (the automaton
+    /// cannot be built) must stop the run's egress: without a redactor an echoed secret would
+    /// reach the sandbox.
+    pub(crate) fn new(creds: &[ResolvedCredential]) -> Result<Option<Self>, MatcherError> {
         let matcher = SecretMatcher::new(
             creds
                 .iter()
                 .map(|c| (c.binding.secret.as_str(), c.value.as_str())),
-        )
-        .ok()?;
-        (!matcher.is_empty()).then_some(Self { matcher })
+        )?;
+        Ok((!matcher.is_empty()).then_some(Self { matcher }))
+    }
+
+    pub(crate) fn matcher(&self) -> &SecretMatcher {
+        &self.matcher
     }
 
     /// The redacted copy, or None when nothing matched.
@@ -32,14 +36,20 @@ impl Redactor {
         self.matcher.redact(hay)
     }
 
-    /// Redacts header values in place.
+    /// Redacts header values in place. A value whose redacted bytes are not a valid header
+    /// value is dropped with its header: keeping the original would pass the secret on.
     pub(crate) fn redact_headers(&self, headers: &mut HeaderMap) {
-        for value in headers.values_mut() {
-            if let Some(r) = self.redact(value.as_bytes())
-                && let Ok(v) = HeaderValue::from_bytes(&r)
-            {
-                *value = v;
+        let mut invalid = Vec::new();
+        for (name, value) in headers.iter_mut() {
+            if let Some(r) = self.redact(value.as_bytes()) {
+                match HeaderValue::from_bytes(&r) {
+                    Ok(v) => *value = v,
+                    Err(_) => invalid.push(name.clone()),
+                }
             }
+        }
+        for name in invalid {
+            headers.remove(name);
         }
     }
 
@@ -98,7 +108,7 @@ mod tests {
             binding("tok", "a.com"),
             "SECRET-123/x",
         )];
-        let r = Redactor::new(&creds).unwrap();
+        let r = Redactor::new(&creds).unwrap().unwrap();
         assert_eq!(
             r.redact(b"a SECRET-123/x b SECRET-123%2Fx").unwrap(),
             b"a [REDACTED:tok] b [REDACTED:tok]".to_vec()
@@ -120,5 +130,22 @@ mod tests {
         let mut s = r.stream();
         let out = s.push(b"hello SECRET-1");
         assert!(!out.windows(6).any(|w| w == b"SECRET"), "{out:?}");
+    }
+
+    #[test]
+    fn a_header_whose_redacted_value_is_not_a_valid_value_is_dropped() {
+        // The replacement carries the secret's name; one with a DEL byte makes the redacted
+        // value invalid, and the original (holding the secret) must not be kept instead.
+        let creds = vec![ResolvedCredential::new(
+            binding("bad\u{7f}name", "a.com"),
+            "SECRET-123/x",
+        )];
+        let r = Redactor::new(&creds).unwrap().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("x-echo", HeaderValue::from_static("got SECRET-123/x"));
+        headers.insert("x-other", HeaderValue::from_static("fine"));
+        r.redact_headers(&mut headers);
+        assert!(headers.get("x-echo").is_none(), "{headers:?}");
+        assert_eq!(headers.get("x-other").unwrap(), "fine");
     }
 }

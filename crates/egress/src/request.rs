@@ -4,6 +4,7 @@
 use crate::addr::normalize_host;
 use crate::body::{ResponseBody, counting_full};
 use crate::broker::{Broker, Outbound, Scheme, strip_hop_by_hop};
+use crate::credentials::Injection;
 use crate::error::{DenyReason, EgressError, UpstreamFailure};
 use crate::run::{RunEgress, denied_record};
 use bytes::{Bytes, BytesMut};
@@ -270,7 +271,18 @@ impl Broker {
                     });
                 }
                 let next = match target.join(&location) {
-                    Ok(t) => t,
+                    // The credentials injected into this hop's query may come back in the
+                    // `Location`; they are not the sandbox's to carry on.
+                    Ok(mut t) => {
+                        let inj = Injection::for_target(
+                            ctx.credentials(),
+                            target.scheme.as_str(),
+                            &target.host,
+                            target.port,
+                        );
+                        t.path_and_query = inj.strip_own_params(&t.path_and_query);
+                        t
+                    }
                     Err(reason) => {
                         ctx.recorder().push(denied_record(
                             method.as_str(),

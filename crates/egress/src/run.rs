@@ -1,6 +1,7 @@
 //! Per-run context: the run's policy and resolved credentials, and the log of what happened.
 
 use crate::credentials::ResolvedCredential;
+use crate::error::DenyReason;
 use crate::redact::Redactor;
 use paddock_types::event::{EgressDecision, EgressRecord, EgressSink};
 use paddock_types::manifest::EgressRule;
@@ -21,8 +22,12 @@ pub struct RunEgress {
     rules: Vec<EgressRule>,
     credentials: Vec<ResolvedCredential>,
     redactor: Option<Redactor>,
+    /// Why the bound secrets could not be compiled into a redactor: then every request of the
+    /// run is refused (`redactor_unavailable`), since nothing echoed back could be redacted.
+    broken: Option<String>,
     /// The workspace's secrets, looked for in everything the run sends out.
     scanner: Option<SecretMatcher>,
+    sink: Option<Arc<dyn EgressSink>>,
     recorder: Arc<Recorder>,
 }
 
@@ -33,15 +38,41 @@ impl RunEgress {
         credentials: Vec<ResolvedCredential>,
     ) -> Self {
         let run_id = run_id.into();
-        let redactor = Redactor::new(&credentials);
-        Self {
-            recorder: Arc::new(Recorder::new(run_id.clone(), None)),
+        let (redactor, broken) = match Redactor::new(&credentials) {
+            Ok(r) => (r, None),
+            Err(e) => {
+                tracing::error!(run_id = %run_id, error = %e, "egress redactor cannot be built; the run's requests are refused");
+                (None, Some(e.to_string()))
+            }
+        };
+        let mut ctx = Self {
+            recorder: Arc::new(Recorder::new(run_id.clone(), None, Vec::new())),
             run_id,
             rules,
             credentials,
             redactor,
+            broken,
             scanner: None,
-        }
+            sink: None,
+        };
+        ctx.rebuild_recorder();
+        ctx
+    }
+
+    /// The recorder scrubs the run's secrets (bound and workspace) from every record; the
+    /// builder calls may come in any order, so it is made again after each.
+    fn rebuild_recorder(&mut self) {
+        let secrets = self
+            .scanner
+            .iter()
+            .chain(self.redactor.as_ref().map(Redactor::matcher))
+            .cloned()
+            .collect();
+        self.recorder = Arc::new(Recorder::new(
+            self.run_id.clone(),
+            self.sink.clone(),
+            secrets,
+        ));
     }
 
     /// Refuses (`secret_in_request`) every request whose request line, header values or body
@@ -51,6 +82,7 @@ impl RunEgress {
     /// random strings and do not either.
     pub fn with_secret_scan(mut self, matcher: SecretMatcher) -> Self {
         self.scanner = (!matcher.is_empty()).then_some(matcher);
+        self.rebuild_recorder();
         self
     }
 
@@ -59,7 +91,8 @@ impl RunEgress {
     /// [`EgressSink::finished`] (the sink outlives the tool call, so records made while the
     /// call is being torn down still arrive).
     pub fn with_sink(mut self, sink: Arc<dyn EgressSink>) -> Self {
-        self.recorder = Arc::new(Recorder::new(self.run_id.clone(), Some(sink)));
+        self.sink = Some(sink);
+        self.rebuild_recorder();
         self
     }
 
@@ -90,6 +123,13 @@ impl RunEgress {
         self.redactor.as_ref()
     }
 
+    /// Set when the run's requests must all be refused (see [`DenyReason::RedactorUnavailable`]).
+    pub(crate) fn refuse_all(&self) -> Option<DenyReason> {
+        self.broken
+            .as_ref()
+            .map(|_| DenyReason::RedactorUnavailable)
+    }
+
     pub(crate) fn scanner(&self) -> Option<&SecretMatcher> {
         self.scanner.as_ref()
     }
@@ -110,23 +150,66 @@ impl fmt::Debug for RunEgress {
 }
 
 /// Where records go: the sink (or else the run's bounded log), and `tracing`. Every record is
-/// bounded ([`EgressRecord::bound`]) before anything keeps it.
+/// scrubbed of the run's secrets and then bounded ([`EgressRecord::bound`]) before anything
+/// keeps or logs it: the sandbox writes the host, path and method, and the journal, the audit
+/// chain and the server log must never hold a secret (the audit chain cannot be edited later).
 pub(crate) struct Recorder {
     run_id: String,
     log: Mutex<Vec<EgressRecord>>,
     /// Records dropped because the log was full.
     dropped: AtomicU64,
     sink: Option<Arc<dyn EgressSink>>,
+    /// The workspace's and the bound secrets' matchers.
+    secrets: Vec<SecretMatcher>,
 }
 
+/// What a `secret_in_request` denial records as its path: the scan saw a secret in the request,
+/// and a cut or re-encoded piece of it in the path might escape the redactor.
+pub(crate) const REDACTED_PATH: &str = "[REDACTED]";
+
 impl Recorder {
-    fn new(run_id: String, sink: Option<Arc<dyn EgressSink>>) -> Self {
+    fn new(run_id: String, sink: Option<Arc<dyn EgressSink>>, secrets: Vec<SecretMatcher>) -> Self {
         Self {
             run_id,
             log: Mutex::new(Vec::new()),
             dropped: AtomicU64::new(0),
             sink,
+            secrets,
         }
+    }
+
+    /// `s` with the run's secrets replaced (before any cut: a cut could leave a piece too short
+    /// to be recognised).
+    pub(crate) fn scrub(&self, s: &str) -> String {
+        let mut out = s.to_owned();
+        for m in &self.secrets {
+            if let Some(r) = m.redact(out.as_bytes()) {
+                out = String::from_utf8_lossy(&r).into_owned();
+            }
+        }
+        out
+    }
+
+    /// Scrubs and bounds every free-text field of a record.
+    fn seal(&self, rec: &mut EgressRecord) {
+        if rec.reason == DenyReason::SecretInRequest.as_str() && !rec.path.is_empty() {
+            rec.path = REDACTED_PATH.to_owned();
+        }
+        for field in [
+            &mut rec.method,
+            &mut rec.scheme,
+            &mut rec.host,
+            &mut rec.path,
+            &mut rec.reason,
+        ] {
+            if !self.secrets.is_empty() {
+                *field = self.scrub(field);
+            }
+        }
+        if let Some(c) = &mut rec.credential {
+            *c = self.scrub(c);
+        }
+        rec.bound();
     }
 
     /// Records an allowed request before it is forwarded. `Ok(None)` when there is no sink to
@@ -136,7 +219,7 @@ impl Recorder {
             return Ok(None);
         };
         let mut rec = rec.clone();
-        rec.bound();
+        self.seal(&mut rec);
         sink.forwarding(rec).await.map(Some)
     }
 
@@ -145,7 +228,7 @@ impl Recorder {
     }
 
     fn finish(&self, started: Option<u64>, mut rec: EgressRecord) {
-        rec.bound();
+        self.seal(&mut rec);
         // Structured fields only: the path never carries the query (it may hold a secret), and
         // the credential is a name.
         tracing::info!(
@@ -287,5 +370,52 @@ pub(crate) fn denied_record(
         credential: None,
         host_len: None,
         path_len: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use crate::broker::{Broker, BrokerConfig};
+    use crate::ca::generate_ca;
+    use crate::error::EgressError;
+    use crate::request::OutboundRequest;
+
+    #[tokio::test]
+    async fn a_run_whose_redactor_could_not_be_built_sends_nothing() {
+        // A build failure cannot be provoked with real values (the vault builds the same
+        // matcher first), so the context is put in the state such a failure leaves.
+        let rule = EgressRule {
+            scheme: "http".into(),
+            host: "127.0.0.1".into(),
+            port: Some(9),
+            path_prefix: "/".into(),
+            methods: Vec::new(),
+            deny: false,
+        };
+        let mut ctx = RunEgress::new("run_broken", vec![rule], Vec::new());
+        ctx.broken = Some("too many patterns".into());
+        let broker = Broker::new(BrokerConfig::new(generate_ca("test").unwrap())).unwrap();
+        let req = OutboundRequest {
+            method: http::Method::GET,
+            url: "http://127.0.0.1:9/x".into(),
+            headers: http::HeaderMap::new(),
+            body: bytes::Bytes::new(),
+        };
+        let err = broker.request(&ctx, req).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                EgressError::Denied {
+                    reason: DenyReason::RedactorUnavailable
+                }
+            ),
+            "{err}"
+        );
+        let log = ctx.take_log();
+        assert_eq!(log.len(), 1, "{log:#?}");
+        assert_eq!(log[0].reason, "redactor_unavailable");
     }
 }

@@ -2,6 +2,7 @@ mod support;
 
 mod connect;
 mod inject;
+mod leaks;
 mod plain;
 mod private;
 mod request;
