@@ -447,6 +447,11 @@ impl SecretMatcher {
         self.pattern_bytes
     }
 
+    /// Memory the automaton uses, in bytes.
+    pub fn memory_usage(&self) -> usize {
+        self.ac.as_ref().map_or(0, |ac| ac.memory_usage())
+    }
+
     /// Number of patterns (forms and fragments of every secret).
     pub fn patterns(&self) -> usize {
         self.owner.len()
@@ -553,17 +558,21 @@ impl fmt::Debug for SecretMatcher {
     }
 }
 
-/// Bytes a stream lets pile up (beyond what it must hold back) before it scans and releases:
-/// frames smaller than this are coalesced, so a body of tiny frames costs a scan per this many
-/// bytes rather than one per frame.
-pub const STREAM_COALESCE: usize = 16 * 1024;
+/// Whether a stream holding `carry` bytes, of which it must hold back `hold`, releases now:
+/// only once at least as many bytes can go as are held back. Then each release (which moves
+/// the held-back bytes to the front of the buffer, and for the redactor rescans them) is paid
+/// for by as many released bytes, so the cost stays linear in the body however small its
+/// frames are; and a streamed body is delayed by at most `2 * hold` bytes.
+fn ready_to_release(carry: usize, hold: usize) -> bool {
+    carry >= hold.max(1).saturating_mul(2)
+}
 
 /// Redacts a body chunk by chunk. It holds back the last `max_len - 1` bytes (and a match
 /// running into them) until the next chunk arrives, so a form split across chunks is still
 /// caught; if the stream is cut, what is held back (possibly the start of a secret) is never
-/// released. Small chunks are coalesced: nothing is scanned or released until
-/// [`STREAM_COALESCE`] bytes (or as many as it holds back, if more) have piled up beyond the
-/// held-back ones, so the cost stays linear in the body however it is framed.
+/// released. Small chunks are coalesced: nothing is scanned or released until as many bytes as
+/// it holds back have piled up beyond them, so the cost stays linear in the body however it is
+/// framed.
 pub struct StreamRedactor {
     matcher: SecretMatcher,
     carry: Vec<u8>,
@@ -574,7 +583,7 @@ impl StreamRedactor {
     pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
         self.carry.extend_from_slice(chunk);
         let hold = self.matcher.max_len.saturating_sub(1);
-        if self.carry.len() < hold + hold.max(STREAM_COALESCE) {
+        if !ready_to_release(self.carry.len(), hold) {
             return Vec::new();
         }
         let buf = &self.carry;
@@ -616,7 +625,7 @@ impl StreamRedactor {
 /// is checked once, as it arrives, by stepping the automaton (its state is kept between
 /// chunks, so a form split across chunks is found and nothing is scanned twice). Bytes are
 /// released only once no form can start in them, so a complete form never leaves; small
-/// chunks are coalesced (see [`STREAM_COALESCE`]) so that releasing stays linear too.
+/// chunks are coalesced (as for [`StreamRedactor`]) so that releasing stays linear too.
 pub struct StreamScanner {
     matcher: SecretMatcher,
     state: Option<StateID>,
@@ -652,7 +661,7 @@ impl StreamScanner {
         }
         self.carry.extend_from_slice(chunk);
         let hold = self.matcher.max_len.saturating_sub(1);
-        if self.carry.len() < hold + hold.max(STREAM_COALESCE) {
+        if !ready_to_release(self.carry.len(), hold) {
             return Ok(Vec::new());
         }
         let cut = self.carry.len() - hold;
