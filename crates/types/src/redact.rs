@@ -190,6 +190,21 @@ fn jwt_signature(value: &str) -> Option<&str> {
     .then_some(signature)
 }
 
+/// Distinct characters of `window`, ASCII case-folded (matching ignores case).
+fn distinct_chars(window: &str) -> usize {
+    // A bit per ASCII character; the (rare) others compared pairwise.
+    let mut ascii = 0u128;
+    let mut other: Vec<char> = Vec::new();
+    for c in window.chars() {
+        if c.is_ascii() {
+            ascii |= 1u128 << u32::from(c.to_ascii_lowercase());
+        } else if !other.contains(&c) {
+            other.push(c);
+        }
+    }
+    ascii.count_ones() as usize + other.len()
+}
+
 /// The windows of `value` that start at character `skip` or later and pass the filters of
 /// [`fragments`]; none when `value` is shorter than [`FRAGMENT_MIN_SECRET`].
 fn windows(value: &str, skip: usize) -> Vec<String> {
@@ -207,10 +222,7 @@ fn windows(value: &str, skip: usize) -> Vec<String> {
         if window.chars().count() < FRAGMENT_LEN || (numeric(window) && !all_numeric) {
             continue;
         }
-        let mut distinct: Vec<char> = window.chars().map(|c| c.to_ascii_lowercase()).collect();
-        distinct.sort_unstable();
-        distinct.dedup();
-        if distinct.len() >= FRAGMENT_MIN_DISTINCT {
+        if distinct_chars(window) >= FRAGMENT_MIN_DISTINCT {
             out.push(window.to_owned());
         }
     }
