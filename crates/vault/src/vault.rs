@@ -34,6 +34,7 @@ use std::fmt;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::RwLock;
 
 /// Largest secret value accepted, in bytes: credentials and keys, not files.
@@ -52,14 +53,82 @@ pub struct Vault {
     master: RwLock<MasterKey>,
     /// The last redactor built for each scope, with the fingerprint of the secret rows it was
     /// built from (see [`Vault::redactor`]).
-    redactors: Mutex<HashMap<Scope, (u64, Redactor)>>,
+    redactors: Mutex<RedactorCache>,
     /// Keys the fingerprints: per process and random, so nobody outside can aim for a collision.
     fingerprint_keys: RandomState,
+    /// Redactors built (not taken from the cache), for tests and diagnostics.
+    redactor_builds: AtomicU64,
 }
 
-/// Scopes whose redactor is kept. Past this, the cache is emptied and fills again: it only
-/// saves building time, and a workspace that runs tools is back in it at its next call.
+/// Scopes whose redactor is kept, at most. Past this (or [`REDACTOR_CACHE_BYTES`]), the least
+/// recently used one is dropped: the cache only saves building time, and a dropped scope is
+/// rebuilt at its next tool call.
 const REDACTOR_CACHE_SCOPES: usize = 256;
+
+/// Memory of the kept automatons, at most (bytes, as the automatons count them). One 64 KiB
+/// secret makes an automaton of tens of MiB, so the scope count alone does not bound memory.
+/// The most recent redactor is kept even if it alone is larger.
+const REDACTOR_CACHE_BYTES: usize = 512 * 1024 * 1024;
+
+/// The kept redactors, least recently used dropped first.
+#[derive(Default)]
+struct RedactorCache {
+    entries: HashMap<Scope, KeptRedactor>,
+    /// Bumped at every use: an entry's `used` is the tick of its last use.
+    tick: u64,
+    bytes: usize,
+}
+
+struct KeptRedactor {
+    fingerprint: u64,
+    redactor: Redactor,
+    used: u64,
+    bytes: usize,
+}
+
+impl RedactorCache {
+    fn get(&mut self, key: &Scope, fingerprint: u64) -> Option<Redactor> {
+        self.tick += 1;
+        let entry = self.entries.get_mut(key)?;
+        if entry.fingerprint != fingerprint {
+            return None;
+        }
+        entry.used = self.tick;
+        Some(entry.redactor.clone())
+    }
+
+    fn insert(&mut self, key: Scope, fingerprint: u64, redactor: Redactor) {
+        self.tick += 1;
+        let bytes = redactor.matcher().memory_usage();
+        let kept = KeptRedactor {
+            fingerprint,
+            redactor,
+            used: self.tick,
+            bytes,
+        };
+        self.bytes += bytes;
+        if let Some(old) = self.entries.insert(key, kept) {
+            self.bytes -= old.bytes;
+        }
+        while self.entries.len() > REDACTOR_CACHE_SCOPES
+            || (self.bytes > REDACTOR_CACHE_BYTES && self.entries.len() > 1)
+        {
+            // Linear in the (at most 256) entries, and only when a new redactor was built,
+            // which costs far more.
+            let Some(oldest) = self
+                .entries
+                .iter()
+                .min_by_key(|(_, e)| e.used)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            if let Some(old) = self.entries.remove(&oldest) {
+                self.bytes -= old.bytes;
+            }
+        }
+    }
+}
 
 impl fmt::Debug for Vault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -163,8 +232,9 @@ impl Vault {
             data_dir: data_dir.to_owned(),
             from_env,
             master: RwLock::new(master),
-            redactors: Mutex::new(HashMap::new()),
+            redactors: Mutex::new(RedactorCache::default()),
             fingerprint_keys: RandomState::new(),
+            redactor_builds: AtomicU64::new(0),
         })
     }
 
@@ -237,13 +307,16 @@ impl Vault {
     /// A redactor for every secret of the workspace and of the scope's end-user. Fails (rather
     /// than leaving one out) if any secret cannot be decrypted.
     ///
-    /// Building one costs time linear in the forms of every secret (about a second for 1,000
-    /// secrets), and the engine asks for one at every tool call; so the last one built for each
-    /// scope is kept and reused while the secret rows are unchanged. The check reads the rows
-    /// every time and compares a fingerprint of them (names, owners, keys, nonces, ciphertexts:
-    /// every write gives a fresh nonce), so it is exact whoever wrote the secret, this process
-    /// or another sharing the database. A master-key rotation rewraps data keys only, so the
-    /// values, and the redactor, stay the same.
+    /// Building one costs time linear in the forms of every secret (up to about a second for
+    /// 1,000 secrets), and the engine asks for one at every tool call; so the redactors built
+    /// are kept (the least recently used dropped past 256 scopes or 512 MiB of automatons) and
+    /// reused while the secret rows are unchanged. The check reads the rows every time and
+    /// compares a fingerprint of them (names, owners, keys, nonces, ciphertexts: every write
+    /// gives a fresh nonce), so it is exact whoever wrote the secret, this process or another
+    /// sharing the database. A master-key rotation rewraps data keys only, so the values, and
+    /// the redactor, stay the same. An end-user without secrets of their own shares the
+    /// workspace's redactor, so one key acting for many end-users keeps one automaton. A
+    /// build runs on the blocking pool, not on the async worker that asked.
     pub async fn redactor(&self, scope: &Scope) -> Result<Redactor> {
         let master = self.master.read().await;
         let secrets = self.store.all_secrets(scope).await?;
@@ -251,10 +324,17 @@ impl Vault {
             return Ok(Redactor::empty());
         }
         let fingerprint = self.fingerprint(&secrets);
-        if let Some((seen, redactor)) = self.cached_redactors().get(scope)
-            && *seen == fingerprint
-        {
-            return Ok(redactor.clone());
+        // Same rows, same redactor: key by the workspace unless the end-user has secrets.
+        let key = if secrets.iter().any(|rec| rec.end_user.is_some()) {
+            scope.clone()
+        } else {
+            Scope {
+                end_user: None,
+                ..scope.clone()
+            }
+        };
+        if let Some(redactor) = self.cached_redactors().get(&key, fingerprint) {
+            return Ok(redactor);
         }
         let keys = self.store.data_keys(scope).await?;
         let mut unwrapped: HashMap<u32, DataKey> = HashMap::new();
@@ -264,19 +344,21 @@ impl Vault {
                 Entry::Occupied(e) => e.into_mut(),
                 Entry::Vacant(e) => e.insert(unwrap_for(&master, scope, &keys, rec)?),
             };
-            values.push((rec.name.as_str(), open_value(dk, scope, rec)?));
+            values.push((rec.name.clone(), open_value(dk, scope, rec)?));
         }
         drop(master);
-        let built = Redactor::new(values.iter().map(|(name, v)| (*name, v.expose())))?;
-        let mut cache = self.cached_redactors();
-        if cache.len() >= REDACTOR_CACHE_SCOPES && !cache.contains_key(scope) {
-            cache.clear();
-        }
-        cache.insert(scope.clone(), (fingerprint, built.clone()));
+        self.redactor_builds.fetch_add(1, Ordering::Relaxed);
+        let built = tokio::task::spawn_blocking(move || {
+            Redactor::new(values.iter().map(|(name, v)| (name.as_str(), v.expose())))
+        })
+        .await
+        .map_err(|e| VaultError::Redactor(format!("the build task failed: {e}")))??;
+        self.cached_redactors()
+            .insert(key, fingerprint, built.clone());
         Ok(built)
     }
 
-    fn cached_redactors(&self) -> std::sync::MutexGuard<'_, HashMap<Scope, (u64, Redactor)>> {
+    fn cached_redactors(&self) -> std::sync::MutexGuard<'_, RedactorCache> {
         // A panic while holding the lock cannot leave a wrong entry: inserts are whole.
         self.redactors
             .lock()
@@ -562,6 +644,72 @@ mod tests {
             .collect();
         names.sort();
         names
+    }
+
+    /// A workspace that runs tools all the time keeps its redactor while hundreds of other
+    /// scopes come and go (it was dropped with everything else when the cache filled up).
+    #[tokio::test]
+    async fn eviction_does_not_drop_a_hot_redactor() {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = open(dir.path()).await;
+        let hot = scope("ws_hot");
+        vault.put(&hot, "k", "hot-secret-value").await.unwrap();
+        vault.redactor(&hot).await.unwrap();
+        let mut builds = 1;
+        for n in 0..REDACTOR_CACHE_SCOPES + 40 {
+            let cold = scope(&format!("ws_cold{n}"));
+            vault
+                .put(&cold, "k", &format!("cold-value-{n}"))
+                .await
+                .unwrap();
+            vault.redactor(&cold).await.unwrap();
+            builds += 1;
+            if n % 10 == 0 {
+                let r = vault.redactor(&hot).await.unwrap();
+                assert_eq!(r.redact("hot-secret-value"), "[REDACTED:k]");
+            }
+        }
+        assert_eq!(
+            vault.redactor_builds.load(Ordering::Relaxed),
+            builds,
+            "the hot redactor was rebuilt"
+        );
+        let cache = vault.cached_redactors();
+        assert_eq!(cache.entries.len(), REDACTOR_CACHE_SCOPES);
+        assert!(cache.entries.contains_key(&hot));
+        assert!(!cache.entries.contains_key(&scope("ws_cold0")));
+    }
+
+    /// One key acting for many end-users: those without secrets of their own share the
+    /// workspace's redactor; one with its own secrets gets its own.
+    #[tokio::test]
+    async fn end_users_without_secrets_share_the_workspace_redactor() {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = open(dir.path()).await;
+        let ws = scope("ws_a");
+        vault.put(&ws, "k", "workspace-secret").await.unwrap();
+        for n in 0..20 {
+            let eu = Scope {
+                end_user: Some(paddock_types::EndUserId::parse(&format!("eu_{n:04}")).unwrap()),
+                ..ws.clone()
+            };
+            let r = vault.redactor(&eu).await.unwrap();
+            assert_eq!(r.redact("workspace-secret"), "[REDACTED:k]");
+        }
+        assert_eq!(vault.redactor_builds.load(Ordering::Relaxed), 1);
+        let own = Scope {
+            end_user: Some(paddock_types::EndUserId::parse("eu_own").unwrap()),
+            ..ws.clone()
+        };
+        vault.put(&own, "mine", "end-user-secret").await.unwrap();
+        let r = vault.redactor(&own).await.unwrap();
+        assert_eq!(
+            r.redact("workspace-secret end-user-secret"),
+            "[REDACTED:k] [REDACTED:mine]"
+        );
+        let r = vault.redactor(&ws).await.unwrap();
+        assert_eq!(r.redact("end-user-secret"), "end-user-secret");
+        assert_eq!(vault.redactor_builds.load(Ordering::Relaxed), 2);
     }
 
     /// A crash right after each step of a rotation: the next start opens every secret, leaves
