@@ -327,10 +327,11 @@ fn set_query_param(path_and_query: &str, name: &str, value: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn binding(secret: &str, host: &str) -> CredentialBinding {
+    /// An https `Authorization: Bearer` binding with placeholder `API_KEY`.
+    pub(crate) fn binding(secret: &str, host: &str) -> CredentialBinding {
         CredentialBinding {
             secret: secret.into(),
             scheme: "https".into(),

@@ -88,19 +88,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use super::*;
-    use paddock_types::manifest::CredentialBinding;
-
-    fn binding(secret: &str, host: &str) -> CredentialBinding {
-        CredentialBinding {
-            secret: secret.into(),
-            scheme: "https".into(),
-            host: host.into(),
-            port: None,
-            header: Some("Authorization: Bearer {secret}".into()),
-            query: None,
-            placeholder_env: Some("API_KEY".into()),
-        }
-    }
+    use crate::credentials::tests::binding;
 
     #[test]
     fn redacts_across_chunk_boundaries() {

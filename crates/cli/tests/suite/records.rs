@@ -84,6 +84,31 @@ async fn put_agent(api: &Api, name: &str, port: u16, timeout: &str) {
     assert_eq!(r.status, 200, "PUT agent {name}: {r:?}");
 }
 
+/// A server whose agent `name` (run timeout `timeout`) has a run whose `shell` call made a
+/// `GET path` that the upstream now holds unanswered: (the upstream, the server, the run id).
+async fn hold_a_request(name: &str, timeout: &str, path: &str) -> (Holder, Server, String) {
+    let mut upstream = Holder::start().await;
+    let port = upstream.port;
+    let server = Server::start(server_options(port)).await;
+    let api = server.api();
+    put_agent(&api, name, port, timeout).await;
+    let id = launch(
+        &api,
+        name,
+        &[shell(&format!(
+            "curl -sS --max-time 600 http://localhost:{port}{path}"
+        ))],
+    )
+    .await;
+    let line = upstream.next().await;
+    assert_eq!(
+        line,
+        format!("GET {path} HTTP/1.1"),
+        "what the upstream got"
+    );
+    (upstream, server, id)
+}
+
 /// The `egress_started` and `egress_request` events of `journal` whose path is `path`.
 fn records_of<'a>(journal: &'a [Value], path: &str) -> (Vec<&'a Value>, Vec<&'a Value>) {
     let of = |ty: &str| -> Vec<&'a Value> {
@@ -97,26 +122,9 @@ fn records_of<'a>(journal: &'a [Value], path: &str) -> (Vec<&'a Value>, Vec<&'a 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_held_past_the_run_deadline_is_journaled() {
-    let mut upstream = Holder::start().await;
-    let port = upstream.port;
-    let server = Server::start(server_options(port)).await;
-    let api = server.api();
-    put_agent(&api, "held", port, "15s").await;
     let path = "/held/deadline";
-    let id = launch(
-        &api,
-        "held",
-        &[shell(&format!(
-            "curl -sS --max-time 600 http://localhost:{port}{path}"
-        ))],
-    )
-    .await;
-    let line = upstream.next().await;
-    assert_eq!(
-        line,
-        format!("GET {path} HTTP/1.1"),
-        "what the upstream got"
-    );
+    let (_upstream, server, id) = hold_a_request("held", "15s", path).await;
+    let api = server.api();
 
     let run = api.wait_terminal(&id).await;
     let journal = api.events(&id).await;
@@ -141,27 +149,9 @@ async fn a_request_held_past_the_run_deadline_is_journaled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_in_flight_when_the_server_is_killed_is_journaled_after_restart() {
-    let mut upstream = Holder::start().await;
-    let port = upstream.port;
-    let mut server = Server::start(server_options(port)).await;
-    let api = server.api();
-    put_agent(&api, "killed", port, "5m").await;
     let path = "/held/sigkill";
-    let id = launch(
-        &api,
-        "killed",
-        &[shell(&format!(
-            "curl -sS --max-time 600 http://localhost:{port}{path}"
-        ))],
-    )
-    .await;
+    let (mut upstream, mut server, id) = hold_a_request("killed", "5m", path).await;
     // The upstream has the request: the server dies while it is held.
-    let line = upstream.next().await;
-    assert_eq!(
-        line,
-        format!("GET {path} HTTP/1.1"),
-        "what the upstream got"
-    );
     server.kill_9();
     server.restart().await;
     let api = server.api();
@@ -274,26 +264,9 @@ async fn a_flood_of_denied_requests_with_long_paths_is_capped_and_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_in_flight_when_the_run_is_cancelled_stays_on_record() {
-    let mut upstream = Holder::start().await;
-    let port = upstream.port;
-    let server = Server::start(server_options(port)).await;
-    let api = server.api();
-    put_agent(&api, "cancelled", port, "5m").await;
     let path = "/held/cancel";
-    let id = launch(
-        &api,
-        "cancelled",
-        &[shell(&format!(
-            "curl -sS --max-time 600 http://localhost:{port}{path}"
-        ))],
-    )
-    .await;
-    let line = upstream.next().await;
-    assert_eq!(
-        line,
-        format!("GET {path} HTTP/1.1"),
-        "what the upstream got"
-    );
+    let (_upstream, server, id) = hold_a_request("cancelled", "5m", path).await;
+    let api = server.api();
     let r = api
         .post_json(&format!("/v1/runs/{id}/cancel"), &json!({}))
         .await;
